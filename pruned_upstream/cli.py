@@ -1,0 +1,150 @@
+"""`pruned-upstream`: the only place that parses arguments.
+
+Each subcommand hands its parsed arguments to a function of the package; any
+error a user can cause (a bad file, a bad value) is printed as one line and the
+command exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, quick=args.quick)
+
+
+def _cmd_inspect(args) -> int:
+    from .inspect import inspect_model
+
+    return inspect_model(args.model, png=args.png)
+
+
+def _cmd_score(args) -> int:
+    from .superb.command import run_score
+
+    return run_score(args.results, args.convention, args.json, args.allow_missing, args.plot)
+
+
+def _cmd_superb(args) -> int:
+    from .s3prl_plugin.runner import run_superb
+
+    return run_superb(args.runner_args)
+
+
+def _cmd_prune(args) -> int:
+    from .trainer import run_prune
+
+    return run_prune(args.config, args.overrides, args.out, resume=args.resume)
+
+
+def _cmd_export(args) -> int:
+    from .export import export_command
+
+    return export_command(args.source, args.out, drop_layers=args.drop_layers)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench_command
+
+    return bench_command(args)
+
+
+def _cmd_plot(args) -> int:
+    from .plots import plot_run
+
+    return plot_run(args.run_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pruned-upstream",
+        description="Distil and prune WavLM into a compact s3prl upstream, and score it on SUPERB.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="the embedded default, end to end (no download, CPU)")
+    s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    s.add_argument("--quick", action="store_true", help="a shorter run (for tests)")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("prune", help="distil and prune a student (the paper's method)")
+    s.add_argument("--config", required=True, help="a named config (demo, wavlm_base_sp80) or a YAML file")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    s.set_defaults(func=_cmd_prune)
+
+    s = sub.add_parser("export", help="student (run dir or checkpoint) -> compact model.safetensors")
+    s.add_argument("source", help="a run directory or a training checkpoint")
+    s.add_argument("--out", required=True, help="output .safetensors")
+    s.add_argument("--drop-layers", default=None, help="e.g. 3,7 | top:K | uniform:K | importance:K")
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("bench", help="parameters, MACs and speed against a reference")
+    s.add_argument("model", nargs="?", help="a model file (any format load_model reads)")
+    s.add_argument("--ref", help="reference model (default: the dense model of the same family)")
+    s.add_argument("--synthetic-sparsity", type=float, help="build a WavLM Base pruned to this sparsity")
+    s.add_argument("--cnn", action="store_true", help="with --synthetic-sparsity: prune CNN channels too")
+    s.add_argument("--superb-macs", metavar="DIR", help="count MACs over LibriSpeech test-clean the leaderboard's way")
+    s.add_argument("--seconds", type=float, default=10.0, help="audio length for the speed test")
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true", help="print one JSON line")
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("inspect", help="the kept structure of a model, per layer")
+    s.add_argument("model")
+    s.add_argument("--png", help="save kept parameters per layer (the paper's Figure 3b) here")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("plot", help="mask trajectories and kept parameters of a run directory")
+    s.add_argument("run_dir")
+    s.set_defaults(func=_cmd_plot)
+
+    s = sub.add_parser("score", help="SUPERB score of results (CSV or s3prl experiment dirs)")
+    s.add_argument("results")
+    s.add_argument("--convention", choices=["paper", "leaderboard"], default="paper")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--allow-missing", action="store_true", help="score the tasks present; mark the score partial")
+    s.add_argument("--plot", help="save score vs parameters (the paper's Figure 2) as this PNG")
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser(
+        "superb",
+        help="s3prl's downstream runner with our upstream registered",
+        description="Everything after `superb` goes to s3prl's run_downstream, e.g. "
+        "-m train -u pruned_wavlm_local -k model.safetensors -d speech_commands -p EXP",
+    )
+    s.add_argument("runner_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_superb)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("pruned-upstream: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        print(f"pruned-upstream {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
