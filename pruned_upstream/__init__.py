@@ -1,20 +1,24 @@
 """pruned-upstream: distil and prune WavLM into a compact s3prl upstream.
 
     from pruned_upstream import load_model, save_model, make_prunable, export
-"""
 
-from .checkpoints import load_model, save_model
+The names are resolved lazily, so that torch-free parts (the SUPERB score) do
+not import torch.
+"""
 
 __all__ = ["load_model", "save_model", "make_prunable", "export"]
 
+_WHERE = {
+    "load_model": "checkpoints",
+    "save_model": "checkpoints",
+    "make_prunable": "model.prunable",
+    "export": "export",
+}
 
-def __getattr__(name):  # the pruning API lives above the model (imports flow one way)
-    if name == "make_prunable":
-        from .prune import make_prunable
 
-        return make_prunable
-    if name == "export":
-        from .export import export
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pruned_upstream' has no attribute {name!r}")
+    import importlib
 
-        return export
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
