@@ -12,7 +12,7 @@ _WHERE = {
     "load_model": "checkpoints",
     "save_model": "checkpoints",
     "make_prunable": "model.prunable",
-    "export": "export",
+    "export": "exporting",  # not export.py: a submodule would shadow the function
 }
 
 

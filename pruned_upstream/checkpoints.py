@@ -58,7 +58,7 @@ def save_model(model: WavLM, path) -> None:
 
     gated = [n for n, _ in model.named_parameters() if n.endswith("log_alpha")]
     if gated:
-        raise ValueError(f"the model still has gates ({gated[0]}, ...): export it first (pruned_upstream.export)")
+        raise ValueError(f"the model still has gates ({gated[0]}, ...): export it first (pruned_upstream.export(student))")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -114,11 +114,10 @@ def _read_ours(path: Path):
 # ---------------------------------------------------------------------------- pickles
 def _torch_load(path: Path):
     """torch.load with weights_only=True; refusals become clear errors, nothing is executed."""
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            first = f.read(2)
-        if not first.startswith(b"\x80"):
-            raise CheckpointError(path, "unknown format (neither a torch checkpoint, safetensors, nor a directory)")
+    with open(path, "rb") as f:
+        first = f.read(4)
+    if first != b"PK\x03\x04" and not first.startswith(b"\x80"):  # torch's zip format; a legacy pickle
+        raise CheckpointError(path, "unknown format (neither a torch checkpoint, safetensors, nor a directory)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

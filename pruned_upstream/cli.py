@@ -43,7 +43,7 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import export_command
+    from .exporting import export_command
 
     return export_command(args.source, args.out, drop_layers=args.drop_layers)
 
