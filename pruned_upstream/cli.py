@@ -45,13 +45,27 @@ def _cmd_prune(args) -> int:
 def _cmd_export(args) -> int:
     from .exporting import export_command
 
-    return export_command(args.source, args.out, drop_layers=args.drop_layers)
+    return export_command(args.source, args.out, drop_layers=args.drop_layers, audio_dir=args.audio)
 
 
 def _cmd_bench(args) -> int:
     from .bench import bench_command
 
     return bench_command(args)
+
+
+def _cmd_analyze(args) -> int:
+    from .analysis import analyze_command
+
+    return analyze_command(args)
+
+
+def _cmd_register(args) -> int:
+    from .s3prl_plugin.register import register_s3prl, unregister_s3prl
+
+    changed = (unregister_s3prl if args.remove else register_s3prl)(args.checkout)
+    print("\n".join(f"{'removed' if args.remove else 'wrote'} {p}" for p in changed) or "nothing to change")
+    return 0
 
 
 def _cmd_plot(args) -> int:
@@ -83,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="student (run dir or checkpoint) -> compact model.safetensors")
     s.add_argument("source", help="a run directory or a training checkpoint")
     s.add_argument("--out", required=True, help="output .safetensors")
-    s.add_argument("--drop-layers", default=None, help="e.g. 3,7 | top:K | uniform:K | importance:K")
+    s.add_argument("--drop-layers", default=None, help="0-based layers: 3,7 | top:K | uniform:K | importance:K")
+    s.add_argument("--audio", help="audio directory for --drop-layers importance:K")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", help="parameters, MACs and speed against a reference")
@@ -103,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--png", help="save kept parameters per layer (the paper's Figure 3b) here")
     s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("analyze", help="which layers matter: CKA/SVCCA, drop and re-init effects (docs/layers.md)")
+    s.add_argument("model")
+    s.add_argument("--audio", required=True, help="a directory of audio files")
+    s.add_argument("--teacher", help="teacher model: adds student-vs-teacher similarity")
+    s.add_argument("--out", required=True, help="output directory (Markdown table + PNG heatmaps)")
+    s.add_argument("--svcca", action="store_true", help="SVCCA besides linear CKA")
+    s.add_argument("--max-files", type=int, default=16)
+    s.add_argument("--max-seconds", type=float, default=8.0)
+    s.set_defaults(func=_cmd_analyze)
+
+    s = sub.add_parser("register-s3prl", help="write our upstream into an s3prl source checkout (reversible)")
+    s.add_argument("checkout", help="the s3prl repository checkout (the folder holding s3prl/)")
+    s.add_argument("--remove", action="store_true", help="undo a previous registration")
+    s.set_defaults(func=_cmd_register)
 
     s = sub.add_parser("plot", help="mask trajectories and kept parameters of a run directory")
     s.add_argument("run_dir")

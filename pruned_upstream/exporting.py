@@ -195,7 +195,7 @@ def _has(model, name):
 
 
 # ---------------------------------------------------------------------------- command
-def export_command(source: str, out: str, drop_layers=None) -> int:
+def export_command(source: str, out: str, drop_layers=None, audio_dir=None) -> int:
     """`pruned-upstream export RUN_DIR|CKPT --out model.safetensors`."""
     from .checkpoints import load_model, save_model
 
@@ -207,9 +207,10 @@ def export_command(source: str, out: str, drop_layers=None) -> int:
     else:  # a model file (or a Hugging Face directory): already gate-free
         compact = load_model(path)
     if drop_layers:
-        from .layers import drop_layers as _drop
+        from .layers import drop_layers as _drop, load_audio_sample
 
-        compact = _drop(compact, drop_layers)
+        audio = load_audio_sample(audio_dir) if audio_dir else None
+        compact = _drop(compact, drop_layers, audio=audio)
     save_model(compact, out)
     print(f"exported {out}: {compact.num_params() / 1e6:.2f} M parameters")
     return 0

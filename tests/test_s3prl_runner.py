@@ -157,16 +157,24 @@ def test_device_defaults_to_cpu_without_gpu(runs):
     assert args["expdir"] == str(runs["root"] / "exp/ks")
 
 
-def test_errors_give_exit_codes(tmp_path):
+def test_errors_give_exit_codes(tmp_path, capsys):
     assert runner.run_superb(["-m", "bogus"], upstreams=UPSTREAM.entries) == 2
     assert runner.run_superb(["-m", "train", "-d", "ctc"], upstreams=UPSTREAM.entries) == 2
+    # the preflight names missing data before s3prl starts
     config = tiny_runner_config({"file_path": str(tmp_path / "absent")}, ("train_batch_size", "eval_batch_size"))
     write_yaml(tmp_path / "ic.yaml", config)
     argv = ["-m", "train", "-u", UPSTREAM.name, "-k", str(UPSTREAM.make_ckpt(tmp_path / "tiny.pt")),
             "-d", "fluent_commands", "-c", str(tmp_path / "ic.yaml"), "-p", str(tmp_path / "exp")]
+    assert runner.run_superb(argv, upstreams=UPSTREAM.entries) == 2
+    assert "absent" in capsys.readouterr().err
+    # an exception inside s3prl (here: an unreadable upstream checkpoint) gives 1, its traceback in the log
+    data = make_fluent_commands(tmp_path / "ic_data")
+    write_yaml(tmp_path / "ic2.yaml", tiny_runner_config(data, ("train_batch_size", "eval_batch_size")))
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    argv = ["-m", "train", "-u", UPSTREAM.name, "-k", str(tmp_path / "broken.pt"),
+            "-d", "fluent_commands", "-c", str(tmp_path / "ic2.yaml"), "-p", str(tmp_path / "exp2")]
     assert runner.run_superb(argv, upstreams=UPSTREAM.entries) == 1
-    log = _read(tmp_path / "exp" / runner.LOG_NAME)
-    assert "Traceback" in log and "absent" in log
+    assert "Traceback" in _read(tmp_path / "exp2" / runner.LOG_NAME)
 
 
 def test_prepare_argv_makes_paths_absolute(tmp_path):

@@ -219,6 +219,53 @@ def prepare_argv(argv: list[str], cwd: Path, cuda_available: bool) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------- preflight
+class PreflightError(RuntimeError):
+    """What a task needs and lacks, named before s3prl starts."""
+
+
+def task_of(downstream: str, config: str | None) -> str | None:
+    """Our task key for s3prl's ``-d`` (``ctc`` is PR or SF: told apart by the config's name)."""
+    from pruned_upstream.s3prl_plugin import tasks
+
+    keys = [spec.key for spec in tasks.TASKS.values() if spec.downstream == downstream]
+    if len(keys) > 1 and config:
+        keys = [k for k in keys if Path(config).stem.lower() == tasks.TASKS[k].config.removesuffix(".yaml")]
+    return keys[0] if len(keys) == 1 else None
+
+
+def resolve_and_check(argv: list[str]) -> list[str]:
+    """Resolve ``${VAR}`` and s3prl-relative paths of ``-c`` into ``<expdir>/superb_config.yaml``
+    and run the task's preflight (packages, s3prl files, libsox, data), before s3prl starts.
+    """
+    import yaml
+
+    from pruned_upstream.s3prl_plugin import preflight as pf
+
+    opts = scan_options(argv)
+    if "past_exp" in opts or "config" not in opts or "downstream" not in opts:
+        return argv  # resuming (-e): s3prl reuses the saved, already resolved config
+    root = pf.installed_s3prl_root()
+    with open(opts["config"].value) as f:
+        config = yaml.safe_load(f) or {}
+    resolved = pf.resolve_config_paths(config, root) if root else config
+    task = task_of(opts["downstream"].value, opts["config"].value)
+    if task is not None:
+        override = opts["override"].value if "override" in opts else None
+        problems = pf.preflight(task, root, pf.apply_overrides(resolved, override))
+        if problems:
+            raise PreflightError(pf.format_problems(problems, task))
+    if resolved == config or "expdir" not in opts:
+        return argv
+    expdir = Path(opts["expdir"].value)
+    expdir.mkdir(parents=True, exist_ok=True)
+    target = expdir / "superb_config.yaml"
+    target.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    out = list(argv)
+    _replace(out, opts["config"], str(target))
+    return out
+
+
 # ------------------------------------------------------------------- the log
 def last_segment(line: str) -> str:
     """What a terminal shows of ``line``: its last non-blank carriage-return segment."""
@@ -361,6 +408,11 @@ def run_superb(argv: list[str], upstreams: dict[str, Callable] | None = None) ->
         argv = prepare_argv(argv, Path.cwd(), torch.cuda.is_available())
     except (ValueError, FileNotFoundError) as exc:  # no default -c: a usage error, as argparse's
         print(f"pruned-upstream superb: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        argv = resolve_and_check(argv)
+    except PreflightError as exc:
+        print(f"pruned-upstream superb: {exc}", file=sys.stderr)
         return 2
     import s3prl.run_downstream as run_downstream
 
