@@ -159,7 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = argv[:1] in (["-v"], ["--verbose"])
+    rest = argv[1:] if verbose else argv
+    if rest[:1] == ["superb"] and rest[1:2] not in (["-h"], ["--help"]):
+        # s3prl's own options start with "-", which argparse's REMAINDER cannot take first: pass them untouched
+        args = argparse.Namespace(command="superb", runner_args=rest[1:], verbose=verbose, func=_cmd_superb)
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

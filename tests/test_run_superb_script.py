@@ -1,0 +1,194 @@
+"""scripts/run_superb.sh: the ten SUPERB tasks for one upstream (issue 5).
+
+Dry runs (DRY_RUN=1, fake data variables) check the commands the script would
+run against the task table of ``pruned_upstream/s3prl_plugin/tasks.py``; one
+real run trains and tests KS on the tiny Speech Commands layout of
+``s3prl_fixtures`` through ``python -m pruned_upstream.cli`` and ends with a
+partial SUPERB score.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from s3prl_fixtures import make_speech_commands, make_tiny_wavlm
+
+from pruned_upstream.s3prl_plugin.tasks import TASKS
+from pruned_upstream.superb.results import read_expdir
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "run_superb.sh"
+BEST = {"ASR": "dev-clean-best.ckpt", "SD": "best-states-dev.ckpt"}  # s3prl experts' log_records
+DATA_VARS = sorted({p.env for spec in TASKS.values() for p in spec.data_paths} | {"DSCORE_ROOT"})
+SCRIPT_VARS = ("PRUNED_UPSTREAM", "PYTHON", "DRY_RUN", "STEPS_OVERRIDE", "QBE_LAYERS", "MODEL_NAME", "SUPERB_OVERRIDE")
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in DATA_VARS and not k.startswith(SCRIPT_VARS)}
+    return {**env, **extra}
+
+
+def run_script(args: list, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def commands(stdout: str) -> list[list[str]]:
+    """The commands a dry run printed ("+ cmd args [> file]"), as argv lists."""
+    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+def option(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def superb_runs(cmds: list[list[str]], mode: str) -> list[list[str]]:
+    return [c for c in cmds if c[1:2] == ["superb"] and option(c, "-m") == mode]
+
+
+@pytest.fixture
+def dry(tmp_path):
+    """A fake checkpoint, every data variable set, DRY_RUN=1."""
+    (tmp_path / "dscore").mkdir()
+    (tmp_path / "dscore" / "score.py").write_text("")
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"")
+    data = {var: str(tmp_path / "data" / var.lower()) for var in DATA_VARS} | {"DSCORE_ROOT": str(tmp_path / "dscore")}
+    env = clean_env(DRY_RUN="1", PRUNED_UPSTREAM="/opt/fake/pruned-upstream", PYTHON=sys.executable,
+                    QBE_LAYERS="0,1", STEPS_OVERRIDE="7", **data)
+    return ckpt, tmp_path / "out", env
+
+
+def test_dry_run_prints_every_task(dry):
+    ckpt, out, env = dry
+    proc = run_script([ckpt, out], env)
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc.stdout)
+    trains, evals = superb_runs(cmds, "train"), superb_runs(cmds, "evaluate")
+    trained = {option(c, "-p"): c for c in trains}
+    for key, spec in TASKS.items():
+        if key == "QbE":
+            continue  # no training
+        dirs = [out / f"ER_fold{k}" for k in range(1, 6)] if key == "ER" else [out / key]
+        for expdir in dirs:
+            train = trained[str(expdir)]
+            assert option(train, "-d") == spec.downstream and option(train, "-u") == "pruned_wavlm_local"
+            assert option(train, "-c") == str(REPO / "downstream_configs" / spec.config)
+            assert option(train, "-k") == str(ckpt) and "config.runner.total_steps=7" in option(train, "-o")
+            if key != "ASV":
+                test = [c for c in evals if option(c, "-e") == str(expdir / BEST.get(key, "dev-best.ckpt"))]
+                assert len(test) == 1 and option(test[0], "-t") == spec.test_split
+    assert len(trains) == 13  # PR KS IC SID ASR SF ASV SD + 5 ER folds
+    folds = [option(trained[str(out / f"ER_fold{k}")], "-o").split(",,")[-1] for k in range(1, 6)]
+    assert folds == [f"config.downstream_expert.datarc.test_fold=fold{k}" for k in range(1, 6)]
+    asv = [c for c in evals if option(c, "-e") == str(out / "ASV" / "states-N.ckpt")]
+    assert option(asv[0], "-o") == f"args.expdir={out}/ASV/states-N" and asv[0][-2:] == [">", f"{out}/ASV/states-N/log.txt"]
+    qbe = [(option(c, "-l"), option(c, "-t"), option(c, "-p")) for c in evals if option(c, "-d") == "quesst14_dtw"]
+    assert qbe == [(layer, split, f"{out}/QbE_{split}_layer{layer}") for layer in "01" for split in ("dev", "test")]
+    twv = [c for c in cmds if "score-TWV-Cnxe.sh" in c]
+    assert [c[c.index("score-TWV-Cnxe.sh") + 2] for c in twv] == ["groundtruth_quesst14_dev", "groundtruth_quesst14_eval"] * 2
+    assert all(c[-1].endswith("/score_twv.log") and c[2] == env["QUESST14_ROOT"] + "/scoring" for c in twv)
+    dscore = [c for c in cmds if c[1:2] == [env["DSCORE_ROOT"] + "/score.py"]]
+    assert len(dscore) == 10 and {option(c, "-r") for c in dscore} == {env["LIBRI2MIX_SD_DATA"] + "/test/rttm"}
+    assert {Path(c[-1]).name for c in dscore} == {f"result_th{t}_med{m}" for t in (0.3, 0.4, 0.5, 0.6, 0.7) for m in (1, 11)}
+    scores = [c for c in cmds if c[1:2] == ["score"]]
+    assert [c[2:] for c in scores] == [[f"{out}/scored/out", "--allow-missing"],
+                                       [f"{out}/scored/out", "--allow-missing", "--json", ">", f"{out}/superb_score.json"]]
+    assert not out.exists()  # a dry run writes nothing
+
+
+def test_unset_data_variables_are_named_and_their_tasks_skipped(dry):
+    ckpt, out, env = dry
+    env = {k: v for k, v in env.items() if k not in DATA_VARS}
+    proc = run_script([ckpt, out, "PR", "ks", "SD"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert commands(proc.stdout) == []
+    for key in ("PR", "KS", "SD"):
+        names = [p.env for p in TASKS[key].data_paths]
+        names = list(dict.fromkeys(names + (["DSCORE_ROOT"] if key == "SD" else [])))
+        assert f"skip {key}: data not set: {' '.join(names)} " in proc.stdout
+    assert "skipped (data not set): PR KS SD" in proc.stdout
+
+
+def test_unknown_task_and_bad_steps_are_usage_errors(dry):
+    ckpt, out, env = dry
+    assert run_script([ckpt, out, "XYZ"], env).returncode == 2
+    proc = run_script([ckpt, out, "KS"], {**env, "STEPS_OVERRIDE": "ten"})
+    assert proc.returncode == 2 and "STEPS_OVERRIDE='ten'" in proc.stderr
+
+
+def write_args(expdir: Path, downstream: str) -> None:
+    expdir.mkdir(parents=True, exist_ok=True)
+    (expdir / "args_2024-01-01-00-00-00.yaml").write_text(yaml.safe_dump({"downstream": downstream}))
+
+
+def test_existing_results_are_skipped_and_runs_resume(dry):
+    ckpt, out, env = dry
+    write_args(out / "KS", "speech_commands")
+    (out / "KS" / "log.log").write_text("test at step 4: 0.5\ntest at step 0: 0.9\n")
+    write_args(out / "ER_fold1", "emotion")
+    (out / "ER_fold1" / "log.log").write_text("test at step 0: 0.6\n")
+    write_args(out / "ASV", "sv_voxceleb1")
+    for step in (10000, 20000):
+        (out / "ASV" / f"states-{step}.ckpt").write_bytes(b"")
+    (out / "ASV" / "train.done").write_text("")
+    (out / "ASV" / "states-10000").mkdir()
+    (out / "ASV" / "states-10000" / "log.txt").write_text("sv-voxceleb1/test-EER: 0.05\n")
+    (out / "IC").mkdir()
+    (out / "IC" / "states-3.ckpt").write_bytes(b"")  # interrupted training
+    (out / "SD").mkdir()
+    (out / "SD" / "superb_result.json").write_text(json.dumps({"task": "SD", "metric": 6.1}))
+    # the fake results are the ones pruned-upstream score reads
+    assert read_expdir(out / "KS").metrics == {"KS": 90.0}
+    assert read_expdir(out / "ASV").metrics == {"ASV": 5.0}
+
+    proc = run_script([ckpt, out, "KS", "IC", "ER", "ASV", "SD"], env)
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc.stdout)
+    assert "KS: result present, skipped" in proc.stdout and "SD: result present, skipped" in proc.stdout
+    targets = [Path(option(c, "-p") or option(c, "-e")) for c in superb_runs(cmds, "train") + superb_runs(cmds, "evaluate")]
+    assert not [t for t in targets if {"KS", "SD", "ER_fold1"} & set(t.relative_to(out).parts)]
+    assert [option(c, "-e") for c in superb_runs(cmds, "train")][:1] == [f"{out}/IC/states-3.ckpt"]
+    asv = [t for t in targets if t.relative_to(out).parts[0] == "ASV" and t.suffix == ".ckpt"]
+    assert asv == [out / "ASV" / "states-20000.ckpt"]  # states-10000 already has its EER
+    assert sorted(t.name for t in targets if t.name.startswith("ER_fold")) == [f"ER_fold{k}" for k in range(2, 6)]
+    assert "scoring KS IC ER ASV SD in" in proc.stdout  # dry run: the tasks run now count as complete
+
+
+def test_ks_trains_tests_and_scores(tmp_path):
+    """A real run of KS only: train, test, then a partial score that includes KS."""
+    data = make_speech_commands(tmp_path / "data")
+    ckpt = make_tiny_wavlm(tmp_path / "tiny.pt")
+    wrapper = tmp_path / "pruned-upstream"
+    wrapper.write_text(f"#!/bin/sh\nexport PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+                       f"exec {shlex.quote(sys.executable)} -m pruned_upstream.cli \"$@\"\n")
+    wrapper.chmod(0o755)
+    tiny = ("config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.batch_size=4,,"
+            "config.downstream_expert.modelrc.projector_dim=8")
+    env = clean_env(PRUNED_UPSTREAM=str(wrapper), PYTHON=sys.executable, STEPS_OVERRIDE="4", SUPERB_OVERRIDE_KS=tiny,
+                    SPEECH_COMMANDS_ROOT=str(tmp_path / data["speech_commands_root"]),
+                    SPEECH_COMMANDS_TEST_ROOT=str(tmp_path / data["speech_commands_test_root"]),
+                    OMP_NUM_THREADS="1")
+    out = tmp_path / "superb_tiny"
+    proc = run_script([ckpt, out, "KS"], env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "states-4.ckpt" in " ".join(p.name for p in (out / "KS").iterdir())
+    log = (out / "KS" / "log.log").read_text()
+    assert "test at step 4: " in log and "test at step 0: " in log  # in-training test, then -m evaluate
+    modes = [yaml.safe_load(p.read_text())["mode"] for p in sorted((out / "KS").glob("args_*.yaml"))]
+    assert modes == ["train", "evaluate"]
+    [model] = json.loads((out / "superb_score.json").read_text())
+    assert model["model"] == "superb_tiny" and set(model["points"]) == {"KS"} and model["partial"]
+    assert sorted(model["missing"]) == sorted(set(TASKS) - {"KS"})
+    assert "partial: missing PR, IC" in proc.stdout
+    # a second pass finds the result and runs nothing but the score
+    again = run_script([ckpt, out, "KS"], env, timeout=120)
+    assert again.returncode == 0 and "KS: result present, skipped" in again.stdout
+    assert modes == [yaml.safe_load(p.read_text())["mode"] for p in sorted((out / "KS").glob("args_*.yaml"))]
