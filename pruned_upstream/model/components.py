@@ -158,6 +158,22 @@ class EncoderLayer(nn.Module):
         return self.final_layer_norm(x), position_bias
 
 
+def layer_drop_probs(p: float, num_layers: int, schedule: str = "constant") -> list[float]:
+    """Stochastic depth: each layer's probability of being skipped in a training step.
+
+    "constant": p for every layer; "linear": rising with depth, p * (l + 1) / L for
+    layer l (0-based), so the last layer is skipped with probability p (Huang et
+    al. 2016, "Deep Networks with Stochastic Depth", linear decay rule).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"layer_drop must lie in [0, 1), got {p}")
+    if schedule == "constant":
+        return [p] * num_layers
+    if schedule == "linear":
+        return [p * (i + 1) / num_layers for i in range(num_layers)]
+    raise ValueError(f"layer_drop schedule must be 'constant' or 'linear', got {schedule!r}")
+
+
 class Encoder(nn.Module):
     """Positional convolution, LayerNorm and the transformer layers."""
 
@@ -167,6 +183,7 @@ class Encoder(nn.Module):
         self.pos_conv = PositionalConv(arch)
         self.layer_norm = nn.LayerNorm(arch.embed_dim)
         self.layers = nn.ModuleList(EncoderLayer(arch, layer, i) for i, layer in enumerate(arch.layers))
+        self.layer_drop: list[float] | None = None  # stochastic depth, training mode only (layer_drop_probs)
 
     def forward(self, x, padding_mask=None):
         """x (B, T, D) -> hidden states: the input of every layer, then the output."""
@@ -176,10 +193,22 @@ class Encoder(nn.Module):
         if not self.pre_ln:
             x = self.layer_norm(x)
         states, position_bias = [], None
-        for layer in self.layers:
+        skip = self._skipped_layers()
+        for i, layer in enumerate(self.layers):
             states.append(x)
+            if skip[i]:  # the layer is an identity this step; the state count stays constant
+                if position_bias is None and layer.self_attn.has_relative_bias:
+                    position_bias = layer.self_attn.compute_bias(x.shape[1])
+                continue
             x, position_bias = layer(x, padding_mask, position_bias)
         if self.pre_ln:
             x = self.layer_norm(x)
         states.append(x)
         return states
+
+    def _skipped_layers(self) -> list[bool]:
+        """Which layers stochastic depth skips in this forward (drawn from torch's RNG)."""
+        if not self.training or not self.layer_drop:
+            return [False] * len(self.layers)
+        draws = torch.rand(len(self.layers))
+        return [bool(u < p) for u, p in zip(draws, self.layer_drop)]
