@@ -1,0 +1,211 @@
+"""What a training run writes: checkpoints (atomic), scalar logs, the summary.
+
+    RUN_DIR/
+      config.yaml                   the resolved config
+      checkpoints/step-<N>/         student.safetensors + state.pt, written to a temp dir then renamed
+      log.jsonl                     one JSON object of scalars per log step
+      tb/                           TensorBoard events (the same scalars)
+      summary.json                  at the end
+
+`student.safetensors` holds the student's weights with every gate's
+`log_alpha`; its metadata holds the architecture (JSON, as our model files)
+and the prune options. `state.pt` holds only tensors, numbers, strings, lists
+and dicts, and is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .arch import WavLMArch
+from .checkpoints import ARCH_KEY
+
+log = logging.getLogger(__name__)
+
+PRUNE_KEY = "pruned_upstream_prune"
+STEP_KEY = "pruned_upstream_step"
+STUDENT_FILE, STATE_FILE = "student.safetensors", "state.pt"
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def checkpoint_dir(run_dir, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step}"
+
+
+def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first (temp dirs of a killed save are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    for path in root.glob("step-*") if root.is_dir() else []:
+        step = path.name[len("step-"):]
+        if step.isdigit() and (path / STUDENT_FILE).is_file() and (path / STATE_FILE).is_file():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run_dir, step: int, student: torch.nn.Module, prune: dict | None, state: dict,
+                    keep: int = 0) -> Path:
+    """Write step-<step>/ atomically: into a temp dir, flushed, then renamed; keep the newest `keep`."""
+    from safetensors.torch import save_file
+
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    meta = {ARCH_KEY: student.arch.to_json(), STEP_KEY: str(step)}
+    if prune is not None:
+        meta[PRUNE_KEY] = json.dumps(prune)
+    save_file(weights, str(tmp / STUDENT_FILE), metadata=meta)
+    torch.save(state, tmp / STATE_FILE)
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (a resumed run re-saving its last step)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(final.parent)
+    _prune_old(run_dir, keep)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for item in [*path.iterdir(), path] if path.is_dir() else [path]:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _prune_old(run_dir, keep: int) -> None:
+    found = list_checkpoints(run_dir)
+    for _, path in found[: max(0, len(found) - keep)] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_temp(run_dir) -> None:
+    """Remove the temp dirs a killed save left behind."""
+    for path in (Path(run_dir) / "checkpoints").glob(".tmp-step-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_student_file(path) -> tuple[WavLMArch, dict | None, dict[str, torch.Tensor], int]:
+    """(arch, prune options or None, weights, step) of a checkpoint's student.safetensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        weights = {k: f.get_tensor(k) for k in f.keys()}
+    if ARCH_KEY not in meta:
+        raise ValueError(f"{path}: no architecture in its metadata; not a training checkpoint")
+    prune = json.loads(meta[PRUNE_KEY]) if PRUNE_KEY in meta else None
+    return WavLMArch.from_json(meta[ARCH_KEY]), prune, weights, int(meta.get(STEP_KEY, -1))
+
+
+def read_state(ckpt: Path) -> dict:
+    return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def resolve_checkpoint(path) -> Path:
+    """A run directory -> its newest checkpoint; a checkpoint directory -> itself."""
+    path = Path(path)
+    if (path / STUDENT_FILE).is_file():
+        return path
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path} is neither a training checkpoint nor a run directory with one "
+                                f"(expected {STUDENT_FILE} or checkpoints/step-<N>/)")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------- RNG states
+def rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and python generators, as tensors and plain lists."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": list(py_state), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# ---------------------------------------------------------------------------- logs
+class ScalarLog:
+    """log.jsonl (always) and TensorBoard events (torch's writer, else tensorboardX, else none)."""
+
+    def __init__(self, run_dir, tensorboard: bool = True, resume_step: int | None = None):
+        self.path = Path(run_dir) / "log.jsonl"
+        if resume_step is not None:
+            truncate_log(self.path, resume_step)
+        self.writer = _tensorboard_writer(Path(run_dir) / "tb", resume_step) if tensorboard else None
+
+    def write(self, step: int, scalars: dict, extra: dict | None = None) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars, **(extra or {})}) + "\n")
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _tensorboard_writer(log_dir: Path, resume_step: int | None):
+    purge = None if resume_step is None else resume_step + 1  # drop events logged after the checkpoint
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+    except ImportError:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            log.warning("neither tensorboard nor tensorboardX is installed: scalars go to log.jsonl only")
+            return None
+    return SummaryWriter(str(log_dir), purge_step=purge)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the records after `step` (a resumed run writes them again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_log(run_dir) -> list[dict]:
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not a run directory, or no step was logged yet")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
