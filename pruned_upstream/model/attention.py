@@ -78,15 +78,21 @@ class SelfAttention(nn.Module):
         self.register_buffer("head_index", torch.tensor([h.index for h in heads], dtype=torch.long), persistent=False)
         self.qk_uniform = all(h.qk == self.qk_width for h in heads)
         self.vo_uniform = all(h.vo == self.vo_width for h in heads)
-        self.register_buffer("qk_index", _pad_index([h.qk for h in heads], self.qk_width), persistent=False)
-        self.register_buffer("vo_index", _pad_index([h.vo for h in heads], self.vo_width), persistent=False)
+        # q, k and v share one padded width: SDPA's fused CPU kernel needs equal q and v
+        # sizes and otherwise falls back to its 3x slower math path (docs/performance.md)
+        self.width = max(self.qk_width, self.vo_width)
+        self.pad_qk = not (self.qk_uniform and self.qk_width == self.width)
+        self.pad_vo = not (self.vo_uniform and self.vo_width == self.width)
+        self.register_buffer("qk_index", _pad_index([h.qk for h in heads], self.width), persistent=False)
+        self.register_buffer("vo_index", _pad_index([h.vo for h in heads], self.width), persistent=False)
 
     # ---- position bias -----------------------------------------------------------
     def compute_bias(self, t: int) -> torch.Tensor:
         """The ungated relative position bias of every ORIGINAL head, (heads, T, T)."""
         weight = self.relative_attention_bias.weight
         bucket = relative_position_bucket(t, self.arch.num_buckets, self.arch.max_distance, weight.device)
-        return F.embedding(bucket, weight).permute(2, 0, 1)  # (T, T, H) -> (H, T, T)
+        # contiguous once here, or SDPA copies the strided mask in every layer (docs/performance.md)
+        return F.embedding(bucket, weight).permute(2, 0, 1).contiguous()  # (T, T, H) -> (H, T, T)
 
     def rel_gate(self, x: torch.Tensor) -> torch.Tensor:
         """WavLM's gate of the position bias from the attention input x (B, T, D), (B, H, T, 1)."""
@@ -96,7 +102,7 @@ class SelfAttention(nn.Module):
             slices = slices.index_select(2, self.head_index)  # (B, T, H, 64)
         g = self.grep_linear(slices).view(b, t, -1, 2, 4).sum(-1)  # (B, T, H, 2)
         gate_a, gate_b = torch.sigmoid(g).permute(0, 2, 1, 3).chunk(2, dim=-1)  # (B, H, T, 1) each
-        return gate_a * (gate_b * self.grep_a - 1.0) + 2.0
+        return (gate_a * (gate_b * self.grep_a - 1.0) + 2.0).contiguous()  # so that gate * bias is contiguous
 
     # ---- forward -----------------------------------------------------------------
     def forward(self, x, padding_mask=None, position_bias=None):
@@ -123,17 +129,17 @@ class SelfAttention(nn.Module):
             q = q * self.gate_qk().reshape(-1)  # diag(z_qk) between Q and K^T
         if self.gate_vo is not None:
             v = v * self.gate_vo().reshape(-1)
-        q = self._split(q, self.qk_index, self.qk_width, self.qk_uniform, h)  # (B, H, T, qk_width)
-        k = self._split(k, self.qk_index, self.qk_width, self.qk_uniform, h)
-        v = self._split(v, self.vo_index, self.vo_width, self.vo_uniform, h)  # (B, H, T, vo_width)
+        v = self._split(v, self.vo_index, self.width, not self.pad_vo, h)  # (B, H, T, width)
         bias = self._bias(x, padding_mask, position_bias)  # (B|1, H|1, T, T) or None
         if self.qk_width > 0:
+            q = self._split(q, self.qk_index, self.width, not self.pad_qk, h)  # (B, H, T, width)
+            k = self._split(k, self.qk_index, self.width, not self.pad_qk, h)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
         else:  # no query/key dims left in any head: softmax of the bias alone
             scores = bias if bias is not None else x.new_zeros(1, 1, t, t)
             o = torch.softmax(scores.expand(b, h, t, t), dim=-1) @ v
-        o = o.transpose(1, 2).reshape(b, t, h * self.vo_width)  # (B, T, H * vo_width)
-        return o if self.vo_uniform else o.index_select(2, self.vo_index)
+        o = o.transpose(1, 2).reshape(b, t, h * self.width)  # (B, T, H * width)
+        return o.index_select(2, self.vo_index) if self.pad_vo else o
 
     @staticmethod
     def _split(y, index, width, uniform, heads):
