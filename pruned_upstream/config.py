@@ -40,6 +40,7 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     checkpoint: str | None = None  # None: a copy of the teacher (the paper); a model file: start from it
+    drop_layers: str | None = None  # layers removed before the gates: "3,7" | "top:K" | "uniform:K" (docs/layers.md)
 
 
 @dataclass
@@ -64,6 +65,8 @@ class DistillConfig:
     cos_weight: float = 1.0  # l1_cos only
     weight: float = 1.0  # scale of the whole distillation term (CoFi's distill_loss_alpha); Eq. 5 has none
     projection: str = "shared"  # shared (CoFi) | per_layer (DPHuBERT) | none
+    layer_drop: float = 0.0  # stochastic depth of the student (seed 001); 0: off, as the paper
+    layer_drop_schedule: str = "constant"  # constant | linear (rising with depth, Huang et al. 2016)
 
 
 @dataclass
@@ -122,6 +125,7 @@ CHOICES = {
     "distill.pairing": ("learned", "fixed"),
     "distill.loss": ("mse", "l1_cos"),
     "distill.projection": ("shared", "per_layer", "none"),
+    "distill.layer_drop_schedule": ("constant", "linear"),
     "train.precision": ("auto", "fp32", "bf16"),
     "data.scan": ("full", "header", "lengths"),
     "run.device": ("auto", "cpu", "cuda"),
@@ -332,6 +336,8 @@ def validate(cfg: Config) -> None:
         value = getattr(t, key.split(".")[1])
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{key} must lie in [0, 1], got {value}")
+    if not 0.0 <= cfg.distill.layer_drop < 1.0:
+        raise ValueError(f"distill.layer_drop must lie in [0, 1), got {cfg.distill.layer_drop}")
     if not 0.0 < cfg.prune.init_keep < 1.0:
         raise ValueError(f"prune.init_keep must lie in (0, 1), got {cfg.prune.init_keep}")
 

@@ -38,6 +38,8 @@ from .checkpoints import load_model
 from .config import Config, RESUMABLE_CHANGES, differences, load_config, load_saved, save_config
 from .distill import Distiller, valid_frames
 from .exporting import export
+from .layers import drop_layers
+from .model.components import layer_drop_probs
 from .model.hardconcrete import expected_z
 from .model.prunable import (PruneConfig, expected_sparsity, kept_prunable, log_alpha_parameters,
                              make_prunable, realised_sparsity, total_prunable, weight_parameters)
@@ -83,6 +85,17 @@ def prune_config(cfg: Config) -> PruneConfig:
 def build_student(cfg: Config, teacher: WavLM) -> WavLM:
     """A copy of the teacher (or a model file), with gates unless pruning is off."""
     student = load_model(cfg.student.checkpoint) if cfg.student.checkpoint else copy.deepcopy(teacher)
+    if cfg.student.drop_layers:  # a shallower student whose heads are then pruned: one config
+        if str(cfg.student.drop_layers).startswith("importance"):
+            raise ValueError("student.drop_layers: importance:K needs audio; export a shallower model first "
+                             "(pruned-upstream export MODEL --drop-layers importance:K --audio DIR)")
+        student = drop_layers(student, cfg.student.drop_layers)
+    if cfg.distill.layer_drop > 0:
+        # stochastic depth: a skipped layer passes its input on, so its hidden state (and the
+        # distillation target paired with it) stays in the loss, which teaches the remaining
+        # layers to stand in for it (docs/training.md)
+        student.encoder.layer_drop = layer_drop_probs(cfg.distill.layer_drop, student.num_layers,
+                                                      cfg.distill.layer_drop_schedule)
     student.requires_grad_(True)
     student.mask_emb.requires_grad_(False)  # pre-training's mask embedding: unused here
     if cfg.prune.enabled:

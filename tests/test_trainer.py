@@ -260,3 +260,26 @@ def test_final_distillation_stage_trains_the_exported_model(finished_run, manife
     student = load_student(out)
     assert not gates(student) and student.arch == pruned.arch
     assert any(not torch.equal(student.state_dict()[k], v) for k, v in pruned.state_dict().items())
+
+
+# ---------------------------------------------------------------------------- depth (issue 6)
+def test_gates_on_a_shallower_student(manifest, tmp_path):
+    out = tmp_path / "shallow"
+    assert run_prune("demo_shallow", tiny(manifest, "teacher.arch.num_layers=3", "train.steps=4",
+                                          "train.save_every=4"), out) == 0
+    student = load_student(out)
+    assert student.num_layers == 2 and gates(student)  # one layer fewer than the teacher, then gated
+    compact = export(student.eval())
+    assert len(compact(torch.randn(1, 4000))) == 3
+
+
+def test_stochastic_depth_is_reproducible_and_changes_training(manifest, tmp_path):
+    extra = ("distill.layer_drop=0.5", "distill.layer_drop_schedule=linear", "train.steps=4", "train.save_every=4")
+    for name in ("a", "b"):
+        assert run_prune("demo", tiny(manifest, *extra), tmp_path / name) == 0
+    assert run_prune("demo", tiny(manifest, *extra[2:]), tmp_path / "off") == 0
+    student = load_student(tmp_path / "a")
+    assert student.encoder.layer_drop is None  # a loaded model runs at full depth
+    a, b, off = (read_weights(run_io.latest_checkpoint(tmp_path / n)) for n in ("a", "b", "off"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # skips drawn from the per-step seed
+    assert any(not torch.equal(a[k], off[k]) for k in a)
