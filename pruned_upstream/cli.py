@@ -15,7 +15,7 @@ import sys
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, quick=args.quick)
+    return run_demo(args.out, quick=args.quick, layers=args.layers)
 
 
 def _cmd_inspect(args) -> int:
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the embedded default, end to end (no download, CPU)")
     s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     s.add_argument("--quick", action="store_true", help="a shorter run (for tests)")
+    s.add_argument("--layers", action="store_true", help="also compare layer-dropping strategies (issue 6)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("prune", help="distil and prune a student (the paper's method)")
