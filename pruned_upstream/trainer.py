@@ -368,7 +368,7 @@ class Trainer:
         kept = float(kept_prunable(student, "deterministic"))
         total = total_prunable(student) if prune else total_prunable(self.teacher)
         return {"steps": self.step, "target_sparsity": self.cfg.train.target_sparsity if prune else None,
-                "sparsity": 1.0 - kept / total, "expected_sparsity": float(expected_sparsity(student)) if prune else None,
+                "sparsity": 1.0 - kept / total, "expected_sparsity": float(expected_sparsity(student).detach()) if prune else None,
                 "params": compact.num_params(), "teacher_params": self.teacher.num_params(),
                 "prunable_params": {"kept": kept, "total": total}, "distill_loss": self.last.get("distill_loss"),
                 "pairs": self.last.get("pairs"), "skipped_audio": self.dataset.skipped, "seconds": round(seconds, 1)}
