@@ -51,3 +51,24 @@ def test_exported_model_and_constant_layer_count(tmp_path):
             counts.add(len(hs))
             assert all(torch.equal(x, y) for x, y in zip(hs, expected))
     assert counts == {4}
+
+
+def test_score_table_adds_size_of_a_known_upstream(tmp_path, capsys):
+    """An s3prl expdir whose upstream file exists gets parameters and leaderboard-set MACs in the table."""
+    import yaml
+
+    from pruned_upstream.bench import SUPERB_LENGTHS, superb_macs
+    from pruned_upstream.superb.command import run_score
+
+    model = WavLM(tiny_arch())
+    save_model(model, tmp_path / "m.safetensors")
+    exp = tmp_path / "ks"
+    exp.mkdir()
+    (exp / "args_2026.yaml").write_text(yaml.safe_dump(
+        {"downstream": "speech_commands", "upstream_ckpt": str(tmp_path / "m.safetensors"), "mode": "evaluate"}))
+    (exp / "config_2026.yaml").write_text(yaml.safe_dump({"downstream_expert": {}}))
+    (exp / "log.log").write_text("test at step 0: 0.5\n")
+    assert run_score(str(exp), allow_missing=True) == 0
+    out = capsys.readouterr().out
+    macs = superb_macs(model.arch, SUPERB_LENGTHS, leaderboard=True) / 1e9
+    assert "params(M)" in out and f"{model.num_params() / 1e6:9.2f}" in out and f"{macs:8.1f}" in out

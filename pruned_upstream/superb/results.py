@@ -52,6 +52,7 @@ class ModelResults:
     metrics: dict[str, float]
     sources: dict[str, str] = field(default_factory=dict)
     params_m: float | None = None
+    upstream_ckpt: str | None = None  # s3prl's -k of the expdirs, when they share one
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Experiment:
     split: str = "test"
     fold: str | None = None       # ER: the IEMOCAP test fold
     layer: int | None = None      # QbE: the upstream layer (`-l`)
+    upstream_ckpt: str | None = None  # s3prl's -k (args upstream_ckpt)
 
 
 def check_metric(metric: str, value: float, where: str) -> float:
@@ -357,8 +359,10 @@ def read_expdir(expdir: str | Path) -> Experiment:
     else:
         metrics, sources = _read_logs(expdir, task)
     layer = args.get("upstream_layer_selection")
-    return Experiment(expdir, task, metrics, sources, str(args.get("evaluate_split", "test")),
-                      _nested(config, "downstream_expert", "datarc", "test_fold"), layer)
+    ckpt = args.get("upstream_ckpt") if args else None
+    return Experiment(expdir, task, metrics, sources, str(args.get("evaluate_split", "test")) if args else "test",
+                      _nested(config, "downstream_expert", "datarc", "test_fold"), layer,
+                      str(ckpt) if ckpt else None)
 
 
 # ------------------------------------------- one model from its expdirs (c)
@@ -396,7 +400,8 @@ def model_from_expdirs(name: str, expdirs: list[Path]) -> ModelResults:
     for expdir in expdirs:
         run = read_expdir(expdir)
         by_task.setdefault(run.task, []).append(run)
-    result = ModelResults(name, {})
+    ckpts = {run.upstream_ckpt for runs in by_task.values() for run in runs}
+    result = ModelResults(name, {}, upstream_ckpt=ckpts.pop() if len(ckpts) == 1 else None)
     for task, runs in by_task.items():
         if task == "ER" and len(runs) > 1:
             runs = [_mean_over_folds(runs)]
