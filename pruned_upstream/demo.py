@@ -224,7 +224,7 @@ def write_report(out: Path, summary: dict, speed: dict, base: dict, ks: dict, pl
 
 
 def run_demo(out: str = "demo_out", quick: bool = False, layers: bool = False) -> int:
-    out = Path(out)
+    out = Path(out).resolve()  # s3prl's runner works from its own directory
     out.mkdir(parents=True, exist_ok=True)
     t0 = _step("1/7 corpus: synthesized speech with espeak-ng")
     manifest = make_corpus(out)
