@@ -119,10 +119,11 @@ class WavLMArch:
         return rate
 
     def is_dense(self) -> bool:
-        dense = LayerArch.dense(self.num_heads, self.head_dim, self.layers[0].ffn_dim if self.layers else 0)
-        return self.conv_channels is None and all(
-            layer.heads == dense.heads and layer.attn and layer.ffn for layer in self.layers
-        )
+        """Every head whole, every block present, one FFN size for all layers, the CNN whole."""
+        if not self.layers:
+            return self.conv_channels is None
+        dense = LayerArch.dense(self.num_heads, self.head_dim, self.layers[0].ffn_dim)
+        return self.conv_channels is None and all(layer == dense for layer in self.layers)
 
     # ---- serialisation -----------------------------------------------------------
     def to_json(self) -> str:
