@@ -43,6 +43,12 @@ def relative_position_bucket(t: int, num_buckets: int, max_distance: int, device
     return bucket + torch.where(distance < exact, distance, far)
 
 
+def additive_padding_mask(padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) True at padded frames -> (B, 1, 1, T) additive key mask: -inf at padding, 0 elsewhere."""
+    pad = torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device)
+    return pad.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
+
+
 def _pad_index(sizes: list[int], width: int) -> torch.Tensor:
     """Positions of the compact per-head columns inside a (heads * width) padded layout."""
     idx = [h * width + d for h, size in enumerate(sizes) for d in range(size)]
@@ -159,8 +165,7 @@ class SelfAttention(nn.Module):
                 bias = self.rel_gate(x) * pb  # (B, H, T, 1) * (H, T, T) -> (B, H, T, T)
             else:
                 bias = pb.unsqueeze(0)
-        if padding_mask is not None:
-            pad = torch.zeros(padding_mask.shape, dtype=x.dtype, device=x.device)
-            pad = pad.masked_fill(padding_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
+        if padding_mask is not None:  # a (B, T) bool mask, or the encoder's additive one built once
+            pad = additive_padding_mask(padding_mask, x.dtype) if padding_mask.dtype == torch.bool else padding_mask
             bias = pad if bias is None else bias + pad
         return bias

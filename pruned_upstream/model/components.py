@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import LayerArch, WavLMArch
-from .attention import SelfAttention
+from .attention import SelfAttention, additive_padding_mask
 
 
 class TransposeLast(nn.Module):
@@ -193,6 +193,7 @@ class Encoder(nn.Module):
         if not self.pre_ln:
             x = self.layer_norm(x)
         states, position_bias = [], None
+        key_mask = None if padding_mask is None else additive_padding_mask(padding_mask, x.dtype)  # once, not per layer
         skip = self._skipped_layers()
         for i, layer in enumerate(self.layers):
             states.append(x)
@@ -200,7 +201,7 @@ class Encoder(nn.Module):
                 if position_bias is None and layer.self_attn.has_relative_bias:
                     position_bias = layer.self_attn.compute_bias(x.shape[1])
                 continue
-            x, position_bias = layer(x, padding_mask, position_bias)
+            x, position_bias = layer(x, key_mask, position_bias)
         if self.pre_ln:
             x = self.layer_norm(x)
         states.append(x)
