@@ -14,10 +14,13 @@ install: $(STAMP)
 # torch 2.8.0 + torchaudio 2.8.0 + s3prl 0.4.18 is the stack s3prl's runner works on
 # (docs/decisions.md). The venv keeps its own pip (23.x): pip >= 24.1 rejects the
 # metadata of catalyst 22.4, which s3prl's keyword-spotting task imports.
-$(STAMP): pyproject.toml
+# s3prl then comes from its source tree (S3PRL_SRC: a clone or a .tar.gz of it; else a clone
+# at the pinned commit), editable, so that the data files six tasks read are present.
+$(STAMP): pyproject.toml scripts/install_s3prl.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.8.0 torchaudio==2.8.0
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[superb,test]'
+	$(BIN)/python scripts/install_s3prl.py --venv $(VENV)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -29,9 +32,12 @@ system-deps:
 	else echo "please install the Debian packages espeak-ng libsox-dev sox (sudo apt-get install espeak-ng libsox-dev sox)"; exit 1; fi
 
 demo: system-deps $(STAMP)
+	@$(BIN)/python scripts/install_s3prl.py --venv $(VENV)
 	$(BIN)/pruned-upstream demo --out $(OUT)
 
+# The ten-task tests need s3prl's source tree: without one, `make test` stops here with one line.
 test: system-deps $(STAMP)
+	@$(BIN)/python scripts/install_s3prl.py --venv $(VENV) --require
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:

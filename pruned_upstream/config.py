@@ -90,12 +90,18 @@ class TrainConfig:
     log_every: int = 50
 
 
+# Data defaults, with their sources.
+CROP_SAMPLES = 250_000  # DistilHuBERT config_model.yaml task.sequence_length ("15.6 secs")
+MIN_SAMPLES = 32_000  # DPHuBERT lightning.py BucketizeBatchSampler(min_len=32000): 2 s
+SCAN_MODES = ("full", "header", "lengths")  # data.manifest.scan_audio: decode all, headers, trust a manifest
+
+
 @dataclass
 class DataConfig:
     source: str | None = None  # LibriSpeech dir, manifest .tsv, or "demo" (espeak-ng corpus in RUN_DIR/corpus)
-    crop: int = 250_000  # samples per utterance at most
-    min_samples: int = 32_000  # shorter files are skipped (counted)
-    scan: str = "header"  # data.SCAN_MODES
+    crop: int = CROP_SAMPLES  # samples per utterance at most
+    min_samples: int = MIN_SAMPLES  # shorter files are skipped (counted)
+    scan: str = "header"  # one of SCAN_MODES
     num_workers: int = 2
     length_jitter: float = 0.1
 
@@ -127,7 +133,7 @@ CHOICES = {
     "distill.projection": ("shared", "per_layer", "none"),
     "distill.layer_drop_schedule": ("constant", "linear"),
     "train.precision": ("auto", "fp32", "bf16"),
-    "data.scan": ("full", "header", "lengths"),
+    "data.scan": SCAN_MODES,
     "run.device": ("auto", "cpu", "cuda"),
 }
 

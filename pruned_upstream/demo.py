@@ -24,7 +24,7 @@ def _step(title: str):
 
 
 def make_corpus(out: Path) -> Path:
-    from .demo_corpus import make_demo_corpus
+    from .data.demo_corpus import make_demo_corpus
 
     corpus = out / "corpus"
     manifest = corpus / "manifest.tsv"
@@ -105,7 +105,7 @@ def torch_seed(seed: int) -> None:
 
 def keyword_spotting(out: Path, corpus: Path, upstream: Path, name: str, steps: int) -> float | None:
     """s3prl's speech_commands task, through our runner, on the demo corpus; returns test accuracy (%)."""
-    from .demo_corpus import write_speech_commands_layout
+    from .data.demo_corpus import write_speech_commands_layout
     from .s3prl_plugin.runner import run_superb
     from .s3prl_plugin.tasks import config_path
     from .superb.results import read_expdir

@@ -62,8 +62,8 @@ def load_audio_sample(audio_dir, max_files: int = 16, max_seconds: float = 8.0) 
 
     Unusable files (see audio.REASONS) are skipped with a warning.
     """
-    from .audio import AudioError, read_audio
-    from .data import find_audio
+    from .data.audio import AudioError, read_audio
+    from .data.manifest import find_audio
 
     limit = int(max_seconds * SAMPLE_RATE)
     utts = []

@@ -174,7 +174,8 @@ def micro_seed(seed: int, step: int, index: int) -> int:
 
 
 def build_data(cfg: Config, run_dir: Path, env: DistEnv):
-    from .data import AudioDataset, LengthBucketSampler, collate
+    from .data.dataset import AudioDataset, collate
+    from .data.sampler import LengthBucketSampler
 
     source = cfg.data.source
     if not source:
@@ -194,7 +195,7 @@ def build_data(cfg: Config, run_dir: Path, env: DistEnv):
 
 def _demo_manifest(corpus: Path, env: DistEnv) -> Path:
     """The embedded corpus (espeak-ng), made once in RUN_DIR/corpus."""
-    from .demo_corpus import make_demo_corpus
+    from .data.demo_corpus import make_demo_corpus
 
     if env.main and not (corpus / "manifest.tsv").is_file():
         make_demo_corpus(corpus)

@@ -19,7 +19,7 @@ from pruned_upstream.analysis import (
     reinit_layer_,
     svcca,
 )
-from pruned_upstream.audio import write_wav
+from pruned_upstream.data.audio import write_wav
 from pruned_upstream.model import WavLM, tiny_arch
 from pruned_upstream.model.prunable import PruneConfig, gates
 

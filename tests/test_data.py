@@ -9,17 +9,10 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from pruned_upstream.audio import AudioError, check_audio, probe_audio, read_audio, resample_wav
-from pruned_upstream.data import (
-    AudioDataset,
-    AudioEntry,
-    LengthBucketSampler,
-    collate,
-    crop_offset,
-    find_audio,
-    read_manifest,
-    write_manifest,
-)
+from pruned_upstream.data.audio import AudioError, check_audio, probe_audio, read_audio, resample_wav
+from pruned_upstream.data.dataset import AudioDataset, collate, crop_offset
+from pruned_upstream.data.manifest import AudioEntry, find_audio, read_manifest, write_manifest
+from pruned_upstream.data.sampler import LengthBucketSampler
 
 SR = 16000
 

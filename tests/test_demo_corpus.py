@@ -10,12 +10,13 @@ import pytest
 import soundfile as sf
 import s3prl.downstream.speech_commands.dataset as s3prl_sc
 
-from pruned_upstream.audio import check_audio
-from pruned_upstream.data import AudioDataset, read_manifest
-from pruned_upstream.demo_corpus import (
+from pruned_upstream.data.audio import check_audio
+from pruned_upstream.data.dataset import AudioDataset
+from pruned_upstream.data.manifest import read_manifest
+from pruned_upstream.data.speech import EspeakNotFoundError
+from pruned_upstream.data.demo_corpus import (
     KEYWORDS,
     UNKNOWN_WORDS,
-    EspeakNotFoundError,
     make_demo_corpus,
     make_speakers,
     read_metadata,

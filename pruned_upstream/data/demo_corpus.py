@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import TARGET_SR, resample_wav, write_wav
-from .data import AudioEntry, write_manifest
+from .audio import TARGET_SR, write_wav
+from .manifest import AudioEntry, write_manifest
+from .speech import VOICES, Voice, find_espeak, speak_text
 
-ESPEAK = "espeak-ng"
-ESPEAK_SR = 22050  # espeak-ng's output rate (docs: ENVIRONMENT.md, measured)
 # s3prl downstream/speech_commands/dataset.py CLASSES, first ten.
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 # Other words of Speech Commands v0.01 (Warden 2018): s3prl labels them `_unknown_`.
@@ -54,11 +51,6 @@ SENTENCES = (
     "they painted the fence white last summer",
     "turn left after the second bridge",
 )
-# espeak-ng voices with variants (+m1..+m7, +f1..+f5): one "speaker" each.
-VOICES = (
-    "en-us+m3", "en-us+f2", "en-gb+m1", "en-gb+f4",
-    "en-gb-scotland+m5", "en-029+f1", "en-gb-x-rp+m7", "en-us+f5",
-)
 SPEED_RANGE = (120, 190)  # words per minute (espeak-ng -s; its default is 175)
 PITCH_RANGE = (25, 75)  # espeak-ng -p, 0..99 (default 50)
 NOISE_SECONDS = 3.0  # s3prl crops 1 s windows from each background noise file
@@ -69,10 +61,6 @@ NOISE_FILES = ("white_noise", "brown_noise")
 # percentage: < 10 validation, < 20 testing, else training.
 _MAX_PER_CLASS = 2**27 - 1
 _SPLIT_BOUNDS = {"valid": (0.0, 10.0), "test": (10.0, 20.0), "train": (20.0, 100.1)}
-
-
-class EspeakNotFoundError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -116,26 +104,9 @@ def make_speakers(voices: tuple[str, ...] = VOICES, seed: int = 0) -> list[Speak
     return speakers
 
 
-def find_espeak(name: str = ESPEAK) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise EspeakNotFoundError(
-            f"{name} was not found on PATH ({os.environ.get('PATH', '')}); the demo corpus is "
-            f"spoken by it: install it with `apt-get install espeak-ng` (Debian/Ubuntu)"
-        )
-    return path
-
-
 def speak(text: str, speaker: Speaker, espeak: str) -> np.ndarray:
     """espeak-ng's rendering of `text` by `speaker`, as 16 kHz mono float32 (T,)."""
-    cmd = [espeak, "--stdout", "-v", speaker.voice, "-s", str(speaker.speed), "-p", str(speaker.pitch), text]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0 or not proc.stdout:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode().strip()}")
-    wav, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")  # (T,)
-    if sr != ESPEAK_SR:
-        raise RuntimeError(f"{espeak} wrote {sr} Hz audio, expected {ESPEAK_SR} Hz")
-    return resample_wav(wav, sr, TARGET_SR)
+    return speak_text(text, Voice(speaker.voice, speaker.speed, speaker.pitch), espeak)
 
 
 def _noise(kind: str, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,117 @@
+"""Audio for distillation: a dataset of randomly cropped utterances, and its collate function.
+
+Behaviour follows the two reference recipes:
+- DistilHuBERT pre-training (s3prl `pretrain/distiller/dataset.py`,
+  `config_model.yaml`): each utterance is randomly cropped to
+  `sequence_length` = 250000 samples, batches group utterances of similar
+  length, and shorter ones are zero-padded with their lengths kept.
+- DPHuBERT (pyf98/DPHuBERT `dataset/audio_dataset.py`, `lightning.py`):
+  fairseq TSV manifests, utterances under 32000 samples dropped, batches
+  bounded by a total sample budget, whole batches dealt out to DDP ranks.
+
+Unlike both, files that cannot be used (see `audio.REASONS`) are skipped,
+counted per reason and logged, never fed and never fatal; every random choice
+is a pure function of (seed, epoch, index), so a resumed run is bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import CROP_SAMPLES, MIN_SAMPLES
+from .audio import TARGET_SR, AudioError, read_audio
+from .manifest import scan_audio
+
+log = logging.getLogger(__name__)
+
+
+def crop_offset(seed: int, epoch: int, index: int, length: int, crop: int) -> int:
+    """Start of the random crop of item `index` in `epoch`: uniform in [0, length - crop].
+
+    A pure function of its arguments (numpy's SeedSequence hashes the triple),
+    so workers, resumed runs and DDP ranks draw the same crop for the same item.
+    """
+    if length <= crop:
+        return 0
+    rng = np.random.default_rng([seed, epoch, index])
+    return int(rng.integers(0, length - crop + 1))
+
+
+class AudioDataset(Dataset):
+    """Usable audio files, each read at 16 kHz mono and randomly cropped to `crop_samples`.
+
+    `dataset[i]` is a float32 tensor (T,), T <= crop_samples; `dataset[(i, epoch)]`
+    fixes the epoch explicitly (otherwise `set_epoch` sets it, as with
+    DistributedSampler; it reaches DataLoader workers when they are not
+    persistent). `skipped` counts unusable files per reason; `lengths` holds
+    the item lengths (after cropping) for `LengthBucketSampler`.
+    """
+
+    def __init__(
+        self,
+        source,
+        crop_samples: int = CROP_SAMPLES,
+        min_samples: int = MIN_SAMPLES,
+        seed: int = 0,
+        scan: str = "full",
+        target_sr: int = TARGET_SR,
+    ):
+        if crop_samples <= 0 or min_samples < 0:
+            raise ValueError(f"need crop_samples > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
+        self.crop_samples, self.min_samples = crop_samples, min_samples
+        self.seed, self.target_sr, self.epoch = seed, target_sr, 0
+        self.entries, self.skipped = scan_audio(source, scan, min_samples, target_sr)
+        if not self.entries:
+            raise ValueError(f"no usable audio in {source!r}: skipped {self.skipped}")
+        self.lengths = [min(e.num_samples, crop_samples) for e in self.entries]
+        self._bad: set[int] = set()  # items found unusable when read (shallow scans)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        n = len(self.entries)
+        for step in range(n):
+            # A file that fails now is replaced by the next usable one, always the
+            # same one, so the substitution is reproducible too.
+            j = (index + step) % n
+            if j in self._bad:
+                continue
+            try:
+                wav = read_audio(self.entries[j].path, self.target_sr, min_samples=self.min_samples)
+            except AudioError as err:
+                self._mark_bad(j, err)
+                continue
+            start = crop_offset(self.seed, epoch, index, wav.shape[0], self.crop_samples)
+            return wav[start : start + self.crop_samples]
+        raise RuntimeError(f"none of the {n} audio files could be read; skipped {self.skipped}")
+
+    def _mark_bad(self, j: int, err: AudioError) -> None:
+        # Counted in the process that read it (a DataLoader worker's copy when
+        # num_workers > 0); the log line is the record that always survives.
+        self._bad.add(j)
+        self.skipped[err.reason] += 1
+        log.warning("skipping audio file %s; using the next file instead", err)
+
+
+def collate(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D waveforms -> (wav (B, T_max) float32 zero-padded at the end, lengths (B,) long)."""
+    if len(batch) == 0:
+        raise ValueError("cannot collate an empty batch")
+    for i, w in enumerate(batch):
+        if w.dim() != 1:
+            raise ValueError(f"batch item {i} has shape {tuple(w.shape)}, expected (T,)")
+    lengths = torch.tensor([w.shape[0] for w in batch], dtype=torch.long)  # (B,)
+    wav = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)  # (B, T_max)
+    for i, w in enumerate(batch):
+        wav[i, : w.shape[0]] = w
+    return wav, lengths
