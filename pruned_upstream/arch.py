@@ -17,9 +17,10 @@ import json
 from dataclasses import dataclass, field
 
 FORMAT_VERSION = 1
+SAMPLE_RATE = 16000  # the input rate of WavLM, HuBERT and wav2vec 2.0 (Chen et al. 2022, sec. 4.1)
 
 # WavLM Base's CNN: 7 layers, 512 channels, kernels 10,3,3,3,3,2,2, strides
-# 5,2,2,2,2,2,2 (METHOD.md section 1; the WavLM release's `conv_feature_layers`).
+# 5,2,2,2,2,2,2 (docs/method.md section 1; the WavLM release's `conv_feature_layers`).
 BASE_CONV = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .arch import WavLMArch, dense_arch, parse_conv_layers
+from .model.depth import drop_layers as drop_model_layers
 from .model.wavlm import WavLM
 
 ARCH_KEY = "pruned_upstream_arch"
@@ -45,10 +46,8 @@ def load_model(path, drop_layers=None) -> WavLM:
     else:
         arch, state = _read_original(path)
     model = build_strict(arch, state, path)
-    if drop_layers:
-        from .layers import drop_layers as _drop  # run-time depth (issue 6)
-
-        model = _drop(model, drop_layers)
+    if drop_layers:  # indices, top:K or uniform:K (model/depth.py)
+        model = drop_model_layers(model, drop_layers)
     return model.eval()
 
 

@@ -19,13 +19,13 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from .inspect import inspect_model
+    from .commands.inspect_model import inspect_command
 
-    return inspect_model(args.model, png=args.png)
+    return inspect_command(args.model, png=args.png)
 
 
 def _cmd_score(args) -> int:
-    from .superb.command import run_score
+    from .commands.score import run_score
 
     return run_score(args.results, args.convention, args.json, args.allow_missing, args.plot)
 
@@ -37,25 +37,25 @@ def _cmd_superb(args) -> int:
 
 
 def _cmd_prune(args) -> int:
-    from .trainer import run_prune
+    from .training.run import run_prune
 
     return run_prune(args.config, args.overrides, args.out, resume=args.resume)
 
 
 def _cmd_export(args) -> int:
-    from .exporting import export_command
+    from .commands.export import export_command
 
     return export_command(args.source, args.out, drop_layers=args.drop_layers, audio_dir=args.audio)
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench_command
+    from .commands.bench import bench_command
 
     return bench_command(args)
 
 
 def _cmd_analyze(args) -> int:
-    from .analysis import analyze_command
+    from .commands.analyze import analyze_command
 
     return analyze_command(args)
 

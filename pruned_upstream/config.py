@@ -20,10 +20,12 @@ from pathlib import Path
 
 import yaml
 
+from .gating import MASK_KINDS, PruneConfig
+
 CONFIG_DIR = Path(__file__).parent / "configs"
-MASK_KINDS = ("mha", "qk", "vo", "ffn", "int", "conv")  # model.prunable.KINDS (kept torch-free here)
-PAPER_KINDS = ["mha", "qk", "vo", "ffn", "int"]  # the paper's masks (Eq. 3)
-OPTIMIZER_GROUPS = ("weights", "log_alpha", "lambdas")  # sparsity.make_optimizers
+# The optimizer's parameter groups (training/sparsity.py make_optimizers): weights and log_alpha
+# by descent, the Lagrange multipliers by ascent.
+OPTIMIZER_GROUPS = ("weights", "log_alpha", "lambdas")
 # Keys a resumed run may change: they do not touch the computation.
 RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "data.num_workers", "run.progress",
                      "run.tensorboard", "run.keep_checkpoints")
@@ -44,15 +46,10 @@ class StudentConfig:
 
 
 @dataclass
-class PruneOptions:
-    enabled: bool = True  # False: no gates and no Lagrangian (the final distillation stage)
-    kinds: list[str] = field(default_factory=lambda: list(PAPER_KINDS))
-    ste: dict[str, bool] | bool = field(default_factory=lambda: {k: True for k in MASK_KINDS})
-    init_keep: float = 0.99  # model.prunable.PruneConfig (DPHuBERT's initial keep probability)
+class PruneOptions(PruneConfig):
+    """gating.PruneConfig (kinds, ste, init_keep) and whether to prune at all."""
 
-    def __post_init__(self):
-        if isinstance(self.ste, bool):  # prune.ste=false: every kind
-            self.ste = {k: self.ste for k in MASK_KINDS}
+    enabled: bool = True  # False: no gates and no Lagrangian (the final distillation stage)
 
 
 @dataclass
@@ -322,9 +319,7 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(getattr(cfg, section), name)!r}")
-    unknown = set(cfg.prune.kinds) - set(MASK_KINDS)
-    if unknown:
-        raise ValueError(f"prune.kinds has unknown kinds {sorted(unknown)}; known: {', '.join(MASK_KINDS)}")
+    cfg.prune.check()
     bad_groups = set(cfg.train.scheduled_groups) - set(OPTIMIZER_GROUPS)
     if bad_groups:
         raise ValueError(f"train.scheduled_groups has {sorted(bad_groups)}; groups: {', '.join(OPTIMIZER_GROUPS)}")
@@ -344,8 +339,6 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{key} must lie in [0, 1], got {value}")
     if not 0.0 <= cfg.distill.layer_drop < 1.0:
         raise ValueError(f"distill.layer_drop must lie in [0, 1), got {cfg.distill.layer_drop}")
-    if not 0.0 < cfg.prune.init_keep < 1.0:
-        raise ValueError(f"prune.init_keep must lie in (0, 1), got {cfg.prune.init_keep}")
 
 
 def _check_range(key: str, value: int, low: int) -> None:

@@ -35,7 +35,7 @@ def make_corpus(out: Path) -> Path:
 
 
 def prune(out: Path, manifest: Path, quick: bool) -> Path:
-    from .trainer import run_prune
+    from .training.run import run_prune
 
     run_dir = out / "run"
     overrides = [f"data.source={manifest}"]
@@ -51,7 +51,8 @@ def export_models(out: Path, run_dir: Path) -> tuple[Path, Path, dict]:
     from .checkpoints import save_model
     from .config import load_config
     from .exporting import export
-    from .trainer import build_teacher, load_student
+    from .run_dir import load_student
+    from .training.models import build_teacher
 
     student = load_student(run_dir)
     compact = export(student)
@@ -63,8 +64,9 @@ def export_models(out: Path, run_dir: Path) -> tuple[Path, Path, dict]:
 
 
 def bench(model_path: Path, teacher_path: Path, quick: bool) -> dict:
-    from .bench import gmacs_per_second, measure_speeds
     from .checkpoints import load_model
+    from .macs import gmacs_per_second
+    from .speed import measure_speeds
 
     model, teacher = load_model(model_path), load_model(teacher_path)
     seconds = 4.0
@@ -82,9 +84,10 @@ def bench(model_path: Path, teacher_path: Path, quick: bool) -> dict:
 def base_size_bench(quick: bool) -> dict:
     """The same comparison at WavLM Base size: a synthetic 80 % pruning (no training) vs dense Base."""
     from .arch import preset
-    from .bench import gmacs_per_second, measure_speeds
+    from .macs import gmacs_per_second
     from .model import WavLM
-    from .synthetic import synthetic_arch
+    from .speed import measure_speeds
+    from .synthetic_pruning import synthetic_arch
 
     torch_seed(0)
     dense, pruned = WavLM(preset("base")).eval(), WavLM(synthetic_arch(0.8)).eval()
@@ -143,7 +146,8 @@ def keyword_spotting(out: Path, corpus: Path, upstream: Path, name: str, steps: 
 def layer_study(out: Path, model_path: Path, corpus: Path, steps: int) -> str:
     """Truncation vs uniform vs importance dropping at 1/3 and 1/2 of the layers: distortion and KS accuracy."""
     from .checkpoints import load_model, save_model
-    from .layers import compare_drop_strategies, drop_layers, load_audio_sample
+    from .analysis.layer_choice import compare_drop_strategies, drop_layers
+    from .analysis.probes import load_audio_sample
 
     model = load_model(model_path)
     audio = load_audio_sample(corpus / "wavs", max_files=16, max_seconds=4.0)

@@ -1,6 +1,6 @@
 """Student -> compact WavLM: drop every zero of the deterministic masks, fold the rest in.
 
-(METHOD.md section 7.) The result is a plain `WavLM` whose hidden states equal
+(docs/method.md section 7.) The result is a plain `WavLM` whose hidden states equal
 the masked student's in evaluation mode:
 
 - W_Q/W_K rows of dropped qk dims; W_V rows and W_O columns of dropped vo dims
@@ -21,7 +21,6 @@ the masked student's in evaluation mode:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 
@@ -32,10 +31,7 @@ from .model.wavlm import WavLM
 def _mask(gate, shape, like: torch.Tensor) -> torch.Tensor:
     if gate is None:
         return like.new_ones(shape)
-    training = gate.training
-    mask = gate.eval()().detach().reshape(shape)
-    gate.train(training)
-    return mask
+    return gate.eval_mask().reshape(shape)
 
 
 @torch.no_grad()
@@ -192,25 +188,3 @@ def _has(model, name):
         return model.get_submodule(name) is not None
     except AttributeError:
         return False
-
-
-# ---------------------------------------------------------------------------- command
-def export_command(source: str, out: str, drop_layers=None, audio_dir=None) -> int:
-    """`pruned-upstream export RUN_DIR|CKPT --out model.safetensors`."""
-    from .checkpoints import load_model, save_model
-
-    path = Path(source)
-    if path.is_dir() and not (path / "config.json").exists():  # a run directory or one of its checkpoints
-        from .trainer import load_student
-
-        compact = export(load_student(path))
-    else:  # a model file (or a Hugging Face directory): already gate-free
-        compact = load_model(path)
-    if drop_layers:
-        from .layers import drop_layers as _drop, load_audio_sample
-
-        audio = load_audio_sample(audio_dir) if audio_dir else None
-        compact = _drop(compact, drop_layers, audio=audio)
-    save_model(compact, out)
-    print(f"exported {out}: {compact.num_params() / 1e6:.2f} M parameters")
-    return 0

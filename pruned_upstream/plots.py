@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .run_io import latest_checkpoint, read_log
+from .exporting import export
+from .model_report import save_layer_plot
+from .run_dir import latest_checkpoint, load_student, read_log
 
 
 def _pyplot():
@@ -91,10 +93,6 @@ def plot_losses(rows: list[dict], png: Path) -> bool:
 
 def plot_run(run_dir) -> int:
     """Write the run's PNGs into RUN_DIR/plots and list them."""
-    from .exporting import export
-    from .inspect import save_layer_plot
-    from .trainer import load_student
-
     run_dir = Path(run_dir)
     rows = read_log(run_dir)
     out = run_dir / "plots"

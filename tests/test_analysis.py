@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -10,15 +9,9 @@ import torch
 from conftest import randomize_
 
 from pruned_upstream import export, make_prunable, save_model
-from pruned_upstream.analysis import (
-    INIT_STD,
-    analyze_command,
-    cka_matrix,
-    layer_analysis,
-    linear_cka,
-    reinit_layer_,
-    svcca,
-)
+from pruned_upstream.analysis.layer_report import INIT_STD, layer_analysis, reinit_layer_
+from pruned_upstream.analysis.similarity import cka_matrix, linear_cka, svcca
+from pruned_upstream.cli import main
 from pruned_upstream.data.audio import write_wav
 from pruned_upstream.model import WavLM, tiny_arch
 from pruned_upstream.model.prunable import PruneConfig, gates
@@ -141,8 +134,7 @@ def test_analyze_command_writes_the_report(tmp_path):
         write_wav(audio / f"{i}.wav", 0.1 * torch.randn(5000, generator=torch.Generator().manual_seed(i)))
     out = tmp_path / "report"
     ckpt = str(tmp_path / "m.safetensors")
-    args = argparse.Namespace(model=ckpt, audio=str(audio), teacher=ckpt, out=str(out), svcca=True)
-    assert analyze_command(args) == 0
+    assert main(["analyze", ckpt, "--audio", str(audio), "--teacher", ckpt, "--out", str(out), "--svcca"]) == 0
     table = (out / "layers.md").read_text()
     assert "| layer | CKA(in, out) | SVCCA(in, out) | drop: rel. L2 | re-init: rel. L2 | closest teacher state" in table
     assert sum(line.startswith("| 2 |") for line in table.splitlines()) == 1

@@ -13,22 +13,19 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from pruned_upstream.arch import HeadArch, LayerArch, preset
-from pruned_upstream.bench import (
+from pruned_upstream.macs import (
     SUPERB_LENGTHS,
-    compare_attention_layouts,
-    compare_with_s3prl,
     count_macs,
-    count_params,
     dense_reference,
     gmacs_per_second,
-    measure_speed,
     superb_macs,
     superb_selection,
 )
+from pruned_upstream.speed import compare_with_s3prl, count_params, measure_speed
 from pruned_upstream.checkpoints import save_model
 from pruned_upstream.cli import main
 from pruned_upstream.model import WavLM, tiny_arch
-from pruned_upstream.synthetic import budget_sparsity, cnn_prunable, sparsity_of, synthetic_arch, transformer_prunable
+from pruned_upstream.synthetic_pruning import budget_sparsity, cnn_prunable, sparsity_of, synthetic_arch, transformer_prunable
 
 BASE = preset("base")
 
@@ -186,16 +183,11 @@ def test_measure_speed_restores_threads():
         measure_speed(WavLM(tiny_arch()), seconds=0.2, repeats=0, threads=1)
 
 
-def test_attention_layout_variants_are_exact():
-    result = compare_attention_layouts(uneven_arch(), seconds=0.3, repeats=1, threads=1)
-    assert result["max_abs_diff"] < 1e-5
-    assert all(result[name]["median"] > 0 for name in result if name != "max_abs_diff")
-
-
 def test_compare_with_s3prl_runs_the_same_model():
     result = compare_with_s3prl(seconds=0.3, repeats=1, threads=1)
     assert result["max_abs_diff"] < 1e-4
-    assert set(result) == {"ours", "ours + contiguous bias", "s3prl", "max_abs_diff"}
+    assert set(result) == {"ours", "s3prl", "max_abs_diff"}
+    assert all(result[name]["min"] <= result[name]["median"] for name in ("ours", "s3prl"))
 
 
 # ---------------------------------------------------------------------------- the command

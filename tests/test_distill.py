@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pruned_upstream.config import DistillConfig
-from pruned_upstream.distill import (Distiller, default_teacher_layers, l1_cos_loss, learned_pairing, mse_loss,
+from pruned_upstream.training.distill import (Distiller, default_teacher_layers, l1_cos_loss, learned_pairing, mse_loss,
                                      valid_frames)
 from pruned_upstream.model.wavlm import frame_padding_mask
 

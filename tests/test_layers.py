@@ -10,18 +10,16 @@ from conftest import randomize_
 
 from pruned_upstream import export, load_model, make_prunable, save_model
 from pruned_upstream.arch import LayerArch
-from pruned_upstream.exporting import export_command
-from pruned_upstream.layers import (
+from pruned_upstream.commands.export import export_command
+from pruned_upstream.analysis.layer_choice import (
     choose_layers,
     compare_drop_strategies,
     comparison_markdown,
     drop_layers,
-    hidden_states,
     layer_importance,
-    parse_spec,
-    top_layers,
-    uniform_layers,
 )
+from pruned_upstream.analysis.probes import hidden_states
+from pruned_upstream.model.depth import parse_spec, top_layers, uniform_layers
 from pruned_upstream.model import WavLM, tiny_arch
 from pruned_upstream.model.prunable import PruneConfig, gates
 

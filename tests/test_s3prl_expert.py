@@ -57,8 +57,8 @@ def test_score_table_adds_size_of_a_known_upstream(tmp_path, capsys):
     """An s3prl expdir whose upstream file exists gets parameters and leaderboard-set MACs in the table."""
     import yaml
 
-    from pruned_upstream.bench import SUPERB_LENGTHS, superb_macs
-    from pruned_upstream.superb.command import run_score
+    from pruned_upstream.macs import SUPERB_LENGTHS, superb_macs
+    from pruned_upstream.commands.score import run_score
 
     model = WavLM(tiny_arch())
     save_model(model, tmp_path / "m.safetensors")

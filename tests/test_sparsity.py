@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from pruned_upstream.model.hardconcrete import prob_nonzero
-from pruned_upstream.sparsity import (
+from pruned_upstream.model.prunable import sparsity_of_counts as expected_sparsity
+from pruned_upstream.training.sparsity import (
     LR_LAMBDAS,
     LR_LOG_ALPHA,
     Lagrangian,
-    expected_sparsity,
     lagrangian,
     lr_lambda,
     make_optimizers,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pruned_upstream.superb.command import run_score
+from pruned_upstream.commands.score import run_score
 from pruned_upstream.superb.references import (
     FBANK, INCONSISTENT_TABLE1_ROW, LEADERBOARD_SOTA, METRICS, PAPER_TABLE1, TASKS, WAVLM_LARGE,
     get_convention, reference_model,

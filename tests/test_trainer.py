@@ -21,15 +21,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from pruned_upstream import cli, run_io
+from pruned_upstream import cli
+from pruned_upstream import run_dir as run_io
 from pruned_upstream.checkpoints import load_model
 from pruned_upstream.config import load_config
-from pruned_upstream.distill import Distiller
-from pruned_upstream.exporting import export, export_command
+from pruned_upstream.training.distill import Distiller
+from pruned_upstream.commands.export import export_command
+from pruned_upstream.exporting import export
 from pruned_upstream.model.prunable import gates
 from pruned_upstream.plots import plot_run
-from pruned_upstream.sparsity import lr_lambda
-from pruned_upstream.trainer import DistEnv, Trainer, TrainingDiverged, load_student, run_prune
+from pruned_upstream.training.sparsity import lr_lambda
+from pruned_upstream.run_dir import load_student
+from pruned_upstream.training.distributed import DistEnv
+from pruned_upstream.training.run import run_prune
+from pruned_upstream.training.trainer import Trainer, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 

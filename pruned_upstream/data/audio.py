@@ -18,7 +18,9 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-TARGET_SR = 16000  # WavLM / HuBERT input rate (Chen et al. 2022, sec. 4.1)
+from ..arch import SAMPLE_RATE
+
+TARGET_SR = SAMPLE_RATE  # what the models take
 # A file whose peak is below -60 dBFS holds no usable speech: 16-bit speech
 # recordings peak tens of dB higher; 1e-3 is about 33 quantisation steps.
 SILENCE_PEAK = 1e-3

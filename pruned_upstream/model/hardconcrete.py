@@ -123,7 +123,7 @@ def kept_count(log_alpha: torch.Tensor) -> int:
 
 
 def deterministic_mask(log_alpha: torch.Tensor) -> torch.Tensor:
-    """The noise-free evaluation/export mask of one gate group (METHOD.md sec. 3).
+    """The noise-free evaluation/export mask of one gate group (docs/method.md section 3).
 
     The whole tensor is one group (12 x 64 for qk/vo, 3072 for the FFN, 1 for
     a block gate). Exactly k = round(sum P(z != 0)) entries are kept, those
@@ -190,6 +190,10 @@ class HardConcrete(nn.Module):
         """z of ``shape``: sampled (training) or ``deterministic_mask`` (evaluation)."""
         if self.training:
             return sample_z(self.log_alpha, ste=self.ste)
+        return deterministic_mask(self.log_alpha)
+
+    def eval_mask(self) -> torch.Tensor:
+        """The deterministic (evaluation and export) mask, whatever the module's mode; no gradient."""
         return deterministic_mask(self.log_alpha)
 
     def prob_nonzero(self) -> torch.Tensor:

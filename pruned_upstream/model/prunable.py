@@ -1,4 +1,4 @@
-"""Attach hard-concrete gates to a WavLM, and count what they keep (METHOD.md sections 2 and 4).
+"""Attach hard-concrete gates to a WavLM, and count what they keep (docs/method.md sections 2 and 4).
 
     student = make_prunable(model, PruneConfig())     # the paper's set: mha, qk, vo, ffn, int; STE on
     p_hat = expected_sparsity(student)                 # differentiable in every log_alpha
@@ -21,41 +21,22 @@ Nested gates multiply: E[kept qk dims of layer l] = P(z_MHA != 0) * sum P(z_qk !
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from ..gating import PruneConfig
 from .hardconcrete import HardConcrete
 from .wavlm import WavLM
 
-KINDS = ("mha", "qk", "vo", "ffn", "int", "conv")
-
-
-@dataclass
-class PruneConfig:
-    """Which mask kinds to attach, the STE per kind, and the gates' initial keep probability."""
-
-    kinds: tuple[str, ...] = ("mha", "qk", "vo", "ffn", "int")  # the paper's set (Eq. 3); "conv" is ours
-    ste: dict[str, bool] = field(default_factory=lambda: {k: True for k in KINDS})  # Eq. 4; False: "w/o STE"
-    init_keep: float = 0.99  # DPHuBERT's initial keep probability (docs/gates.md)
-
-    def __post_init__(self):
-        self.kinds = tuple(self.kinds)
-        unknown = set(self.kinds) - set(KINDS)
-        if unknown:
-            raise ValueError(f"unknown mask kinds {sorted(unknown)}; known: {KINDS}")
-        if isinstance(self.ste, bool):
-            self.ste = {k: self.ste for k in KINDS}
-        self.ste = {k: bool(self.ste.get(k, True)) for k in KINDS}
-
+__all__ = ["PruneConfig", "make_prunable", "gates", "kept_prunable", "expected_sparsity", "realised_sparsity"]
 
 def make_prunable(model: WavLM, cfg: PruneConfig | None = None) -> WavLM:
     """Attach gates to `model` in place and return it (the same module, now a student)."""
     cfg = cfg or PruneConfig()
+    cfg.check()
     arch = model.arch
 
     def gate(kind, shape):
-        return HardConcrete(shape, ste=cfg.ste[kind], init_keep=cfg.init_keep) if kind in cfg.kinds else None
+        return HardConcrete(shape, ste=cfg.ste_of(kind), init_keep=cfg.init_keep) if kind in cfg.kinds else None
 
     for i, (layer_arch, layer) in enumerate(zip(arch.layers, model.encoder.layers)):
         if layer_arch.attn and layer_arch.heads:
@@ -97,11 +78,7 @@ def _keep(gate: HardConcrete | None, size: int, mode: str, like: torch.Tensor) -
     if gate is None or mode == "all":
         return like.new_ones(size)
     if mode == "deterministic":
-        with torch.no_grad():
-            training = gate.training
-            mask = gate.eval()()
-            gate.train(training)
-        return (mask > 0).to(like.dtype).reshape(-1)
+        return (gate.eval_mask() > 0).to(like.dtype).reshape(-1)
     return gate.prob_nonzero().reshape(-1)
 
 
@@ -142,11 +119,18 @@ def total_prunable(model: WavLM) -> float:
     return float(kept_prunable(model, "all"))
 
 
+def sparsity_of_counts(kept, total: float):
+    """1 - kept / total; `kept` a number or a tensor (then differentiable)."""
+    if total <= 0:
+        raise ValueError(f"total prunable params must be > 0, got {total}")
+    return 1.0 - kept / total
+
+
 def expected_sparsity(model: WavLM) -> torch.Tensor:
-    """p_hat = 1 - E[kept prunable params] / all prunable params (METHOD.md section 4)."""
-    return 1.0 - kept_prunable(model) / total_prunable(model)
+    """p_hat = 1 - E[kept prunable params] / all prunable params (docs/method.md section 4)."""
+    return sparsity_of_counts(kept_prunable(model), total_prunable(model))
 
 
 def realised_sparsity(model: WavLM) -> float:
     """The sparsity the deterministic (evaluation) masks realise."""
-    return float(1.0 - kept_prunable(model, "deterministic") / total_prunable(model))
+    return float(sparsity_of_counts(kept_prunable(model, "deterministic"), total_prunable(model)))

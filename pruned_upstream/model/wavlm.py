@@ -19,7 +19,6 @@ from torch import nn
 from ..arch import WavLMArch, dense_arch, preset
 from .components import Encoder, FeatureExtractor
 
-SAMPLE_RATE = 16000
 
 
 def frame_padding_mask(sample_mask: torch.Tensor, num_frames: int) -> torch.Tensor:

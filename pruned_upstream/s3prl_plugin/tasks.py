@@ -104,12 +104,10 @@ _TASKS = (
         metrics=(Metric("per", False, "stdout: 'test per: X'"),),
         data=LIBRISPEECH, data_source=OPENSLR_12,
         data_paths=(DataPath("downstream_expert.corpus.path", "LIBRISPEECH_ROOT", LIBRI_SPLITS),),
-        s3prl_files=(
-            "downstream/ctc/corpus/libriphone.py",
-            "downstream/ctc/lexicon/librispeech-lexicon-200k-g2p.txt",
-            "downstream/ctc/lexicon/librispeech-lexicon-allothers-g2p.txt",
-            "downstream/ctc/vocab/phoneme.txt",
-        ),
+        # The lexicon files are whatever corpus.lexicon names (pr.yaml: s3prl's two g2p lexicons; the
+        # 200k one is in no s3prl tree: huggingface.co/datasets/s3prl/g2p, see s3prl dataio/encoder/g2p.py),
+        # so they are not in this fixed list; small data passes its own with -o (docs/tasks/PR.md).
+        s3prl_files=("downstream/ctc/corpus/libriphone.py", "downstream/ctc/vocab/phoneme.txt"),
         tool_files=(), writable_dirs=(), packages=(EDITDISTANCE, JOBLIB), needs_libsox=False,
         lr=5e-4, lr_search=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), test_split="test",
         gpu_time="not measured (100k steps)", protocol="train; -m evaluate -t test on dev-best.ckpt",

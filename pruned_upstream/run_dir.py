@@ -27,6 +27,9 @@ import torch
 
 from .arch import WavLMArch
 from .checkpoints import ARCH_KEY
+from .gating import PruneConfig
+from .model.prunable import make_prunable
+from .model.wavlm import WavLM
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,18 @@ def resolve_checkpoint(path) -> Path:
         raise FileNotFoundError(f"{path} is neither a training checkpoint nor a run directory with one "
                                 f"(expected {STUDENT_FILE} or checkpoints/step-<N>/)")
     return ckpt
+
+
+def load_student(path) -> WavLM:
+    """A run directory (its newest checkpoint) or a checkpoint directory -> the student, eval mode."""
+    ckpt = resolve_checkpoint(path)
+    arch, prune, weights, _ = read_student_file(ckpt / STUDENT_FILE)
+    model = WavLM(arch)
+    if prune is not None:
+        with torch.random.fork_rng(devices=[]):  # the gates' initialisation must not move the caller's RNG
+            make_prunable(model, PruneConfig(tuple(prune["kinds"]), prune["ste"], prune["init_keep"]))
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------- RNG states

@@ -1,17 +1,17 @@
-"""Which layers matter: representation similarity and the effect of removing each layer (issue 6).
+"""Which layers matter: representation similarity and the effect of removing each layer.
 
     pruned-upstream analyze MODEL --audio DIR [--teacher CKPT] --out DIR [--svcca]
 
-Per transformer layer (0-based, as in layers.py), over every frame of a sample of audio:
+Per transformer layer (0-based, as in model/depth.py), over every frame of a sample of audio:
 
 (a) similarity of the layer's input and output: linear CKA, optionally SVCCA
-    (the analysis of seed 001, Lee et al. 2021, shared/seeds/001_41c77bdd3c27f8b0.txt);
+    (as in [Lee2021], docs/references.md);
 (b) with a teacher: linear CKA of every student hidden state to every teacher one;
 (c) drop: relative L2 change of the final hidden states when the layer is removed
-    (layers.distortion, the measure importance:K ranks by);
+    (probes.distortion, the measure importance:K ranks by);
 (d) re-init: the same change when the layer's weights are redrawn from WavLM's
-    initial distribution (`reinit_layer_`), the "ambient layer" test of seed 002
-    (shared/seeds/002_a87987af5135e78e.txt, after Zhang, Bengio and Singer 2019,
+    initial distribution (`reinit_layer_`), the "ambient layer" test of [Zhou2022]
+    (docs/references.md, after Zhang, Bengio and Singer 2019,
     "Are all layers created equal?", whose "re-randomisation" this is: a distilled
     student's own initial values are the teacher's weights).
 
@@ -23,83 +23,19 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .layers import as_utterances, distortion, final_state, hidden_states, load_audio_sample, relative_l2
-from .model.hardconcrete import HardConcrete
-from .model.wavlm import WavLM
+from ..model.hardconcrete import HardConcrete
+from ..model.wavlm import WavLM
+from .probes import as_utterances, distortion, final_state, hidden_states, load_audio_sample, relative_l2
+from .similarity import cka_matrix, linear_cka, svcca
 
 INIT_STD = 0.02  # fairseq init_bert_params, applied by WavLM's TransformerEncoder (s3prl upstream/wavlm)
 MAX_FRAMES = 4000  # frames kept for similarities: CKA costs O(N D^2) per pair
-
-
-# ---------------------------------------------------------------------------- similarities
-def _centred(x: torch.Tensor) -> torch.Tensor:
-    if x.dim() != 2:
-        raise ValueError(f"features must be (N, D), got shape {tuple(x.shape)}")
-    x = x.double()
-    return x - x.mean(0, keepdim=True)
-
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of two feature matrices over the same N examples (Kornblith et al., ICML 2019).
-
-        CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),   X (N, D_x), Y (N, D_y) column-centred
-
-    In [0, 1]; invariant to orthogonal transforms and isotropic scaling of either side,
-    not to general invertible ones. NaN when a side is constant over the N examples.
-    """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs the same examples on both sides: {x.shape[0]} vs {y.shape[0]} rows")
-    x, y = _centred(x), _centred(y)
-    cross = (y.T @ x).norm() ** 2
-    denom = (x.T @ x).norm() * (y.T @ y).norm()
-    return float(cross / denom) if denom > 0 else math.nan
-
-
-def _svd_directions(x: torch.Tensor, keep: float) -> torch.Tensor:
-    """Orthonormal (N, r) basis of the top directions holding `keep` of the variance (SVCCA step 1)."""
-    u, s, _ = torch.linalg.svd(_centred(x), full_matrices=False)  # (N, D), (D,)
-    var = s**2
-    if var.sum() == 0:
-        raise ValueError("SVCCA of a constant representation")
-    frac = torch.cumsum(var, 0) / var.sum()
-    r = int(torch.searchsorted(frac, torch.tensor(keep, dtype=frac.dtype) - 1e-12)) + 1
-    return u[:, : min(r, len(s))]
-
-
-def svcca(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99) -> float:
-    """SVCCA similarity (Raghu et al. 2017): mean canonical correlation of the SVD-reduced sides.
-
-    Each side keeps its top singular directions explaining `keep` of its variance
-    (0.99 in Raghu et al.); CCA of two orthonormal bases U_x, U_y has the canonical
-    correlations singular_values(U_x^T U_y). Invariant to any invertible linear map of
-    a side whose variance is all kept. Needs N well above D (CCA overfits otherwise).
-    """
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must lie in (0, 1], got {keep}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"SVCCA needs the same examples on both sides: {x.shape[0]} vs {y.shape[0]} rows")
-    ux, uy = _svd_directions(x, keep), _svd_directions(y, keep)  # (N, r_x), (N, r_y)
-    rho = torch.linalg.svdvals(ux.T @ uy).clamp(max=1.0)  # (min(r_x, r_y),)
-    return float(rho.mean())
-
-
-def cka_matrix(rows: list[torch.Tensor], cols: list[torch.Tensor]) -> torch.Tensor:
-    """(len(rows), len(cols)) linear CKA of every pair; each side centred once."""
-    rows, cols = [_centred(x) for x in rows], [_centred(y) for y in cols]
-    row_norm = [(x.T @ x).norm() for x in rows]
-    col_norm = [(y.T @ y).norm() for y in cols]
-    out = torch.empty(len(rows), len(cols), dtype=torch.float64)
-    for i, x in enumerate(rows):
-        for j, y in enumerate(cols):
-            out[i, j] = (y.T @ x).norm() ** 2 / (row_norm[i] * col_norm[j])
-    return out
 
 
 # ---------------------------------------------------------------------------- re-initialisation
@@ -271,11 +207,11 @@ def _effects_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------- command
+# ---------------------------------------------------------------------------- entry point
 def analyze(model_path, audio_dir, out_dir, teacher=None, use_svcca: bool = False,
             max_files: int = 16, max_seconds: float = 8.0, seed: int = 0) -> int:
     """Load the model (and teacher), analyse it on a sample of `audio_dir`, write the report; exit code."""
-    from .checkpoints import load_model
+    from ..checkpoints import load_model
 
     torch.manual_seed(seed)
     model = load_model(model_path)
@@ -286,16 +222,3 @@ def analyze(model_path, audio_dir, out_dir, teacher=None, use_svcca: bool = Fals
     write_report(result, out_dir, Path(model_path).name)
     print(f"layer analysis of {model_path} ({len(audio)} utterances) written to {out_dir}/layers.md")
     return 0
-
-
-def analyze_command(args) -> int:
-    """`pruned-upstream analyze MODEL --audio DIR [--teacher CKPT] --out DIR [--svcca]`."""
-    return analyze(
-        args.model,
-        args.audio,
-        args.out,
-        teacher=getattr(args, "teacher", None),
-        use_svcca=bool(getattr(args, "svcca", False)),
-        max_files=getattr(args, "max_files", 16),
-        max_seconds=getattr(args, "max_seconds", 8.0),
-    )

@@ -17,7 +17,7 @@ the layer the teacher layer above it took (the pairing is monotone). Student
 layers whose sampled z_MHA is 0 are not candidates (CoFi's `head_layer_z`).
 The choice is made at every step and is not differentiated; the loss is the
 sum over the chosen pairs (times `distill.weight`, 1 by default). Where CoFi leaves the map at its random
-initialisation, ours starts as the identity (METHOD.md sec. 5; DPHuBERT's
+initialisation, ours starts as the identity (docs/method.md section 5; DPHuBERT's
 `_init_layer_transform`), so that a student equal to the teacher starts with
 zero loss.
 """
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DistillConfig
-from .model.wavlm import frame_padding_mask
+from ..config import DistillConfig
+from ..model.wavlm import frame_padding_mask
 
 
 def default_teacher_layers(num_layers: int, every: int = 3) -> list[int]:

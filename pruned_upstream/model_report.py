@@ -1,8 +1,6 @@
-"""`pruned-upstream inspect MODEL`: the kept structure per layer (and the paper's Figure 3b)."""
+"""The kept structure of a model, per layer: a table, and the paper's Figure 3b (`pruned-upstream inspect`)."""
 
 from __future__ import annotations
-
-from .checkpoints import load_model
 
 
 def layer_table(model) -> list[dict]:
@@ -59,12 +57,3 @@ def save_layer_plot(model, png: str) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
-
-
-def inspect_model(path: str, png: str | None = None) -> int:
-    model = load_model(path)
-    print(format_layer_table(model))
-    if png:
-        save_layer_plot(model, png)
-        print(f"saved {png}")
-    return 0

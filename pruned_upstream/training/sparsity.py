@@ -1,8 +1,7 @@
-"""Sparsity schedules and the Lagrangian sparsity constraint (paper Eq. 5, METHOD.md sec. 4, 6).
+"""Sparsity schedules and the Lagrangian sparsity constraint (paper Eq. 5; docs/method.md sections 4 and 6).
 
 Pure functions of numbers and tensors; nothing here knows the model. The
-model supplies E[kept prunable params] (a differentiable tensor) and the
-count of all prunable params.
+model supplies p_hat (model/prunable.py expected_sparsity, differentiable).
 """
 
 from __future__ import annotations
@@ -13,23 +12,23 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..config import OPTIMIZER_GROUPS
+
 # Learning rate of log_alpha and of the Lagrange multipliers: DPHuBERT's
 # run.sh (reg_lr=0.02, used for both groups, speech SSL distillation of
 # HuBERT/WavLM). CoFi's run_CoFi.sh uses 0.01 (args.py default: 0.1).
 LR_LOG_ALPHA = 0.02
 LR_LAMBDAS = 0.02
 
-# Optimizer group names, also used by make_scheduler.
-GROUP_WEIGHTS = "weights"
-GROUP_LOG_ALPHA = "log_alpha"
-GROUP_LAMBDAS = "lambdas"
+# Optimizer group names, also used by make_scheduler (their one home: config.OPTIMIZER_GROUPS).
+GROUP_WEIGHTS, GROUP_LOG_ALPHA, GROUP_LAMBDAS = OPTIMIZER_GROUPS
 
 
 def target_sparsity(step: int, final: float, warmup_steps: int) -> float:
     """Target p at ``step``: linear from 0 to ``final`` over ``warmup_steps``, then held.
 
     Paper sec. 4.2 ("increases linearly to 80% in the first 7% steps and
-    remains constant"); METHOD.md sec. 6.
+    remains constant"); docs/method.md section 6.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
@@ -53,16 +52,6 @@ def lr_lambda(step: int, total_steps: int, warmup_steps: int) -> float:
     if total_steps == warmup_steps:
         return 0.0
     return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
-
-
-def expected_sparsity(expected_kept, total: float):
-    """p_hat = 1 - E[kept prunable params] / all prunable params (METHOD.md sec. 4).
-
-    ``expected_kept`` may be a tensor (p_hat is then differentiable) or a number.
-    """
-    if total <= 0:
-        raise ValueError(f"total prunable params must be > 0, got {total}")
-    return 1.0 - expected_kept / total
 
 
 def lagrangian(p_hat, p, lambda1, lambda2):
