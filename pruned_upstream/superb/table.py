@@ -9,7 +9,7 @@ import json
 
 from pruned_upstream.superb.plot import PlotPoint
 from pruned_upstream.superb.references import TASKS, get_convention
-from pruned_upstream.superb.results import ModelResults
+from pruned_upstream.superb.records import ModelResults
 from pruned_upstream.superb.score import ScoreResult, superb_score
 
 Scored = tuple[ModelResults, ScoreResult]

@@ -1,0 +1,122 @@
+"""Where s3prl 0.4.18 writes each task's test metric, and the readers that find it (docs/superb_score.md).
+
+Every reader returns (value in references.METRICS units, "file:line") or None.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from pruned_upstream.superb.records import STDOUT_LOG
+from pruned_upstream.superb.references import TASKS
+
+QBE_SCORE_LOG = "score_twv.log"      # stdout of QUESST14's scoring/score-TWV-Cnxe.sh
+
+
+def _matches(path: Path, pattern: re.Pattern) -> list[tuple[str, re.Match]]:
+    """(file:line, match) for each line of `path` matching `pattern`."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(errors="replace").splitlines()  # also splits tqdm's \r
+    return [(f"{path}:{n}", m) for n, line in enumerate(lines, 1)
+            if (m := pattern.search(line.strip()))]
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{where}: {text!r} is not a number") from None
+
+
+_LOG_TEST = re.compile(r"^test at step (\d+): (\S+)$")
+_LOG_BEST_DEV = re.compile(r"^New best on dev at step (\d+): ")
+
+
+def read_log_accuracy(expdir: Path) -> tuple[float, str] | None:
+    """KS/IC/SID/ER: `log.log` (percent = fraction x 100).
+
+    s3prl's experts append `test at step N: <acc>` (speech_commands,
+    fluent_commands, voxceleb1, emotion `log_records`). Chosen line: the last
+    one from `-m evaluate` (it logs step 0); otherwise the test line at the
+    step of the last `New best on dev at step N` (the dev-best checkpoint);
+    otherwise the last test line.
+    """
+    tests = _matches(expdir / "log.log", _LOG_TEST)
+    if not tests:
+        return None
+    best = _matches(expdir / "log.log", _LOG_BEST_DEV)
+    chosen = [t for t in tests if t[1].group(1) == "0"]
+    if not chosen and best:
+        chosen = [t for t in tests if t[1].group(1) == best[-1][1].group(1)]
+    where, match = (chosen or tests)[-1]
+    return 100.0 * _number(match.group(2), where), where
+
+
+def _last_value(path: Path, pattern: str, scale: float) -> tuple[float, str] | None:
+    found = _matches(path, re.compile(pattern))
+    if not found:
+        return None
+    where, match = found[-1]
+    return scale * _number(match.group(1), where), where
+
+
+def read_asv_eer(expdir: Path) -> tuple[float, str] | None:
+    """ASV: the lowest `sv-voxceleb1/test-EER: <eer>` over `states-*/log.txt`
+    (written by s3prl's sv_voxceleb1/test_expdir.sh), else the last one in
+    stdout.log; EER fraction x 100."""
+    pattern = re.compile(r"sv-voxceleb1/test-EER: (\S+)$")
+    found = [m for log in sorted(expdir.glob("states-*/log.txt")) for m in _matches(log, pattern)]
+    found = found or _matches(expdir / STDOUT_LOG, pattern)[-1:]
+    if not found:
+        return None
+    values = [(100.0 * _number(m.group(1), where), where) for where, m in found]
+    return min(values)
+
+
+def read_sd_der(expdir: Path) -> tuple[float, str] | None:
+    """SD: the lowest `*** OVERALL ***` DER (percent, dscore's 2nd column) over
+    `scoring/result_th*_med*`, the files s3prl's diarization/score.sh writes."""
+    pattern = re.compile(r"\*\*\* OVERALL \*\*\*\s+(\S+)")
+    files = sorted(expdir.glob("scoring/result_th*_med*"))
+    found = [m for file in files for m in _matches(file, pattern)]
+    if not found:
+        return None
+    return min((_number(m.group(1), where), where) for where, m in found)
+
+
+def read_qbe_mtwv(expdir: Path) -> tuple[float, str] | None:
+    """QbE: `actTWV: a maxTWV: b Threshold: c` printed by QUESST14's
+    score-TWV-Cnxe.sh (the line s3prl's problem/superb/qbe.py parses), saved as
+    score_twv.log, else found in stdout.log; MTWV x 100."""
+    pattern = r"actTWV:\s*\S+\s+maxTWV:\s*(\S+)\s+Threshold:"
+    return (_last_value(expdir / QBE_SCORE_LOG, pattern, 100.0)
+            or _last_value(expdir / STDOUT_LOG, pattern, 100.0))
+
+
+def _stdout(pattern: str, scale: float) -> Callable[[Path], tuple[float, str] | None]:
+    return lambda expdir: _last_value(expdir / STDOUT_LOG, pattern, scale)
+
+
+# metric -> (reader, what the reader looks for: used in error messages).
+# PR (ctc `per`), SF (ctc `slot_type_f1`, `slot_value_cer`) are fractions;
+# ASR's wer is already percent (asr/expert.py: 100.0 * errors / words).
+TASK_SOURCES: dict[str, tuple[Callable[[Path], tuple[float, str] | None], str]] = {
+    "PR": (_stdout(r"^test per: (\S+)$", 100.0), f"{STDOUT_LOG}: 'test per: X'"),
+    "KS": (read_log_accuracy, "log.log: 'test at step N: X'"),
+    "IC": (read_log_accuracy, "log.log: 'test at step N: X'"),
+    "SID": (read_log_accuracy, "log.log: 'test at step N: X'"),
+    "ER": (read_log_accuracy, "log.log: 'test at step N: X'"),
+    "ASR": (_stdout(r"^test-clean wer: (\S+)$", 1.0), f"{STDOUT_LOG}: 'test-clean wer: X'"),
+    "QbE": (read_qbe_mtwv, f"{QBE_SCORE_LOG} or {STDOUT_LOG}: 'actTWV: a maxTWV: b Threshold: c'"),
+    "SF-F1": (_stdout(r"^test slot_type_f1: (\S+)$", 100.0),
+              f"{STDOUT_LOG}: 'test slot_type_f1: X'"),
+    "SF-CER": (_stdout(r"^test slot_value_cer: (\S+)$", 100.0),
+               f"{STDOUT_LOG}: 'test slot_value_cer: X'"),
+    "ASV": (read_asv_eer, f"states-*/log.txt or {STDOUT_LOG}: 'sv-voxceleb1/test-EER: X'"),
+    "SD": (read_sd_der,
+           "scoring/result_th*_med*: '*** OVERALL *** DER' (run s3prl's diarization/score.sh)"),
+}
+TASK_METRIC_NAMES = {task: (task,) for task in TASKS} | {"SF": ("SF-F1", "SF-CER")}
