@@ -49,7 +49,7 @@ def prune(out: Path, manifest: Path, quick: bool) -> Path:
 
 def export_models(out: Path, run_dir: Path) -> tuple[Path, Path, dict]:
     from .checkpoints import save_model
-    from .config import load_config
+    from .config_files import load_config
     from .exporting import export
     from .run_dir import load_student
     from .training.models import build_teacher

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from pruned_upstream.config import (CONFIG_DIR, Config, differences, load_config, load_saved, save_config)
+from pruned_upstream.config import Config, differences
+from pruned_upstream.config_files import CONFIG_DIR, load_config, load_saved, save_config
 
 
 def test_defaults_are_the_papers_recipe():

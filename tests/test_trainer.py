@@ -24,7 +24,7 @@ import torch
 from pruned_upstream import cli
 from pruned_upstream import run_dir as run_io
 from pruned_upstream.checkpoints import load_model
-from pruned_upstream.config import load_config
+from pruned_upstream.config_files import load_config
 from pruned_upstream.training.distill import Distiller
 from pruned_upstream.commands.export import export_command
 from pruned_upstream.exporting import export

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from .. import run_dir as rundir
-from ..config import RESUMABLE_CHANGES, Config, differences, load_config, load_saved, save_config
+from ..config import RESUMABLE_CHANGES, Config, differences
+from ..config_files import load_config, load_saved, save_config
 from .distributed import DistEnv, init_distributed
 from .trainer import Trainer
 
