@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the embedded default, end to end (no download, CPU)")
     s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     s.add_argument("--quick", action="store_true", help="a shorter run (for tests)")
-    s.add_argument("--layers", action="store_true", help="also compare layer-dropping strategies (issue 6)")
+    s.add_argument("--layers", action="store_true", help="also compare layer-dropping strategies")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("prune", help="distil and prune a student (the paper's method)")
@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     s.set_defaults(func=_cmd_prune)
 
-    s = sub.add_parser("export", help="student (run dir or checkpoint) -> compact model.safetensors")
-    s.add_argument("source", help="a run directory or a training checkpoint")
+    s = sub.add_parser("export", help="a run (its student) or a model file -> compact model.safetensors")
+    s.add_argument("source", help="a run directory or one of its checkpoints (the student is exported), "
+                   "or a model file or Hugging Face directory (with --drop-layers)")
     s.add_argument("--out", required=True, help="output .safetensors")
     s.add_argument("--drop-layers", default=None, help="0-based layers: 3,7 | top:K | uniform:K | importance:K")
     s.add_argument("--audio", help="audio directory for --drop-layers importance:K")

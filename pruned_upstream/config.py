@@ -51,7 +51,7 @@ class DistillConfig:
     cos_weight: float = 1.0  # l1_cos only
     weight: float = 1.0  # scale of the whole distillation term (CoFi's distill_loss_alpha); Eq. 5 has none
     projection: str = "shared"  # shared (CoFi) | per_layer (DPHuBERT) | none
-    layer_drop: float = 0.0  # stochastic depth of the student (seed 001); 0: off, as the paper
+    layer_drop: float = 0.0  # stochastic depth of the student ([Lee2021], docs/references.md); 0: off, as the paper
     layer_drop_schedule: str = "constant"  # constant | linear (rising with depth, Huang et al. 2016)
 
 

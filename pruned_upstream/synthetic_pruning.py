@@ -24,7 +24,7 @@ query/key dims). With a fixed seed:
   sparsity, that of the CNN-whole model with the same parameter count
   (budget_sparsity), so both models have the same size.
 
-Sparsity is that of METHOD.md section 4 and model/prunable.py: per layer a qk dim
+Sparsity is that of docs/method.md section 4 and model/prunable.py: per layer a qk dim
 owns 2D + 2 parameters, a vo dim 2D + 1, an FFN unit 2D + 1 (D = 768).
 """
 
@@ -42,7 +42,7 @@ CNN_KEEP = 0.35  # with cnn=True: 3x dense Base's speed at p = 0.8 on our CPU (d
 
 # ---------------------------------------------------------------------------- counting
 def transformer_prunable(arch: WavLMArch) -> int:
-    """Prunable transformer parameters the architecture keeps (METHOD.md section 4)."""
+    """Prunable transformer parameters the architecture keeps (docs/method.md section 4)."""
     d, total = arch.embed_dim, 0
     for layer in arch.layers:
         if layer.attn:

@@ -143,7 +143,7 @@ def test_synthetic_other_sparsities(p):
 
 def test_synthetic_model_runs():
     model = WavLM(synthetic_arch(0.8)).eval()
-    assert 25e6 < count_params(model) < 28e6  # METHOD.md: about 26.4 M at p = 0.8
+    assert 25e6 < count_params(model) < 28e6  # docs/method.md section 4.3: about 26.4 M at p = 0.8
     with torch.inference_mode():
         states = model(torch.randn(1, 8000))
     assert len(states) == 13 and states[-1].shape == (1, 24, 768)

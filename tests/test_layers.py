@@ -135,7 +135,7 @@ def test_drop_keeps_mode_and_leaves_the_input_alone():
 # ---------------------------------------------------------------------------- specs
 def test_top_and_uniform():
     assert top_layers(12, 4) == [8, 9, 10, 11]
-    # seed 000: "dropping layer 2, 5, 8, 11, 14, 17" of 18 layers, numbered from 1
+    # [YehChiang] (docs/references.md): "dropping layer 2, 5, 8, 11, 14, 17" of 18 layers, numbered from 1
     assert uniform_layers(18, 6) == [1, 4, 7, 10, 13, 16]
     assert uniform_layers(12, 4) == [1, 4, 7, 10]
     assert uniform_layers(12, 6) == [0, 2, 4, 6, 8, 10]

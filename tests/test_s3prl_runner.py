@@ -282,3 +282,15 @@ def test_register_s3prl_refuses_foreign_files(tmp_path):
     assert (folder / "expert.py").read_text() == "# someone else's\n"
     with pytest.raises(FileNotFoundError, match="not an s3prl checkout"):
         register.register_s3prl(tmp_path / "nowhere")
+
+
+def test_the_marker_names_an_undo_command_that_works(tmp_path, capsys):
+    from pruned_upstream.cli import main
+
+    checkout = _fake_checkout(tmp_path / "s3prl_checkout")
+    original = _snapshot(checkout)
+    register.register_s3prl(checkout)
+    undo = register.MARKER.rsplit("undo with `", 1)[1].split("`")[0]  # "pruned-upstream register-s3prl ..."
+    argv = undo.split()[1:]
+    assert main([str(checkout) if a == "CHECKOUT" else a for a in argv]) == 0
+    assert _snapshot(checkout) == original and "removed" in capsys.readouterr().out

@@ -4,8 +4,7 @@
     rows = compare_drop_strategies(model, audio)        # layer pruning on demand's comparison
 
 Specs are those of `model.depth` plus "importance:K": the K layers whose
-individual removal distorts the final hidden states least ([Lee2021] and
-[Peng2023] in docs/references.md discuss both rankings).
+individual removal distorts the final hidden states least (docs/layers.md).
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ def drop_layers(model: WavLM, spec, audio=None) -> WavLM:
 
 
 def compare_drop_strategies(model: WavLM, audio, fractions=(1 / 3, 1 / 2)) -> list[dict]:
-    """Truncation vs uniform vs importance dropping at each fraction of the layers (seed 000's table).
+    """Truncation vs uniform vs importance dropping at each fraction of the layers ([YehChiang]'s comparison, docs/references.md).
 
     Per (fraction, strategy): K = round(fraction * L), the dropped indices, and the
     distortion of the final hidden states (relative L2, and 1 - linear CKA against

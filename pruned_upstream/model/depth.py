@@ -44,9 +44,9 @@ def uniform_layers(num_layers: int, k: int) -> list[int]:
     """The middle layer of each of K equal groups of the depth (ties: the lower one).
 
     Group j covers [j N / K, (j + 1) N / K); its middle is floor(j N / K + (N / K - 1) / 2).
-    For N = 18, K = 6 this drops 1, 4, 7, 10, 13, 16: the seed 000's "dropping layer
-    2, 5, 8, 11, 14, 17" of an 18-layer model, numbered there from 1
-    (shared/seeds/000_8d5fe8b66df57a31.txt). First and last layers stay while the
+    For N = 18, K = 6 this drops 1, 4, 7, 10, 13, 16: the "dropping layer
+    2, 5, 8, 11, 14, 17" of an 18-layer model in [YehChiang] (docs/references.md),
+    numbered there from 1. First and last layers stay while the
     groups have 3 or more layers; at K = N / 2 the first layer goes.
     """
     check_k(num_layers, k)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 # Louizos et al. 2018 ("Learning Sparse Neural Networks through L0
-# Regularization", sec. 4) and the paper (sec. 3.1: zeta = 1.1, gamma = -0.1);
+# Regularization", sec. 4) and the paper (sec. 2.2: zeta = 1.1, gamma = -0.1);
 # beta = 2/3 is Louizos et al.'s temperature, also CoFi's default (args.py).
 BETA = 2.0 / 3.0
 GAMMA = -0.1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 UPSTREAM_NAME = "pruned_wavlm"
 HUB_NAMES = ("pruned_wavlm_local",)
-MARKER = "# Written by `pruned-upstream register-s3prl`; undo with `pruned-upstream unregister-s3prl`."
+MARKER = "# Written by `pruned-upstream register-s3prl CHECKOUT`; undo with `pruned-upstream register-s3prl CHECKOUT --remove`."
 HUB_LINE = f"from s3prl.upstream.{UPSTREAM_NAME}.hubconf import *  # pruned-upstream"
 
 

@@ -1,6 +1,6 @@
 """Reference points of the SUPERB score and the public models we compare with.
 
-Units follow /work/shared/SUPERB_REFERENCE.md: accuracies, error rates and F1
+Units follow docs/superb_score.md: accuracies, error rates and F1
 in percent; QbE is MTWV x 100 (the leaderboard stores it that way).
 
 Sources (cited once here, and beside each table):
@@ -10,7 +10,7 @@ Sources (cited once here, and beside each table):
             (per-model metrics and `paramShared` of the public leaderboard).
   [paper]   Wang et al., "Task-Agnostic Structured Pruning of Speech
             Representation Models", Interspeech 2023, Table 1
-            (/work/shared/seeds/003_27c243450ca33a2b.txt, lines 106-117).
+            (docs/references.md [Wang2023]).
 """
 
 from __future__ import annotations
