@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT    ?= demo_out
 
-.PHONY: demo test install system-deps clean
+.PHONY: demo test test-fast install system-deps clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ demo: system-deps $(STAMP)
 test: system-deps $(STAMP)
 	@$(BIN)/python scripts/install_s3prl.py --venv $(VENV) --require
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The fast set alone (no demo, SIGKILL/resume, torchrun or s3prl runs): a minute or two.
+test-fast: system-deps $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

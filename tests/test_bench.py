@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from pruned_upstream.macs import (
     superb_macs,
     superb_selection,
 )
-from pruned_upstream.speed import compare_with_s3prl, count_params, measure_speed
+from pruned_upstream.speed import compare_with_s3prl, count_params, measure_speed, measure_times
 from pruned_upstream.checkpoints import save_model
 from pruned_upstream.cli import main
 from pruned_upstream.model import WavLM, tiny_arch
@@ -175,10 +176,27 @@ def test_dense_reference():
 
 
 # ---------------------------------------------------------------------------- speed
-def test_measure_speed_restores_threads():
+class Sleeper(torch.nn.Module):
+    """A model whose forward takes a known time, and counts its calls."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+
+    def forward(self, wav):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return wav
+
+
+def test_measure_times_alternates_warms_up_and_restores_threads():
     threads = torch.get_num_threads()
-    seconds = measure_speed(WavLM(tiny_arch()), seconds=0.2, repeats=2, threads=1)
-    assert 0 < seconds < 5 and torch.get_num_threads() == threads
+    fast, slow = Sleeper(0.001), Sleeper(0.03)
+    times = measure_times([fast, slow], seconds=0.1, repeats=3, threads=1)
+    assert [len(t) for t in times] == [3, 3] and (fast.calls, slow.calls) == (4, 4)  # + one warm-up each
+    assert all(t >= 0.03 for t in times[1]) and max(times[0]) < min(times[1])
+    assert torch.get_num_threads() == threads
+    assert measure_speed(WavLM(tiny_arch()), seconds=0.2, repeats=1, threads=1) > 0
     with pytest.raises(ValueError, match="repeats"):
         measure_speed(WavLM(tiny_arch()), seconds=0.2, repeats=0, threads=1)
 
@@ -207,16 +225,23 @@ def test_bench_command_json(tmp_path, capsys):
     for side in ("model", "reference"):
         assert {"params_M", "gmacs_per_s", "seconds"} <= set(out[side])
     assert out["model"]["params_M"] < out["reference"]["params_M"]
-    assert out["macs_ratio"] == pytest.approx(out["reference"]["gmacs_per_s"] / out["model"]["gmacs_per_s"])
-    assert out["macs_ratio"] > 1.0 and out["speedup"] > 0
+    n = round(0.3 * 16000)  # the MACs are counted on the timed audio length
+    assert out["macs_ratio"] == pytest.approx(counted_macs(tiny_arch(), n) / counted_macs(even_arch(), n))
+    assert out["model"]["params_M"] * 1e6 == pytest.approx(sum(p.numel() for p in WavLM(even_arch()).parameters()))
+    assert out["speedup"] == pytest.approx(out["reference"]["seconds"] / out["model"]["seconds"])
+    assert out["model"]["seconds_min"] <= out["model"]["seconds"]
     alone = _bench_json(capsys, [str(dense)])  # the default reference of a dense model: itself
     assert alone["macs_ratio"] == 1.0
 
 
 def test_bench_command_errors(tmp_path, capsys):
     assert main(["bench", "--seconds", "0.3"]) == 1
-    assert "MODEL" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "pruned-upstream bench: error: give a MODEL file or --synthetic-sparsity P"
     assert main(["bench", str(tmp_path / "missing.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("missing.safetensors: no such file or directory") and len(err.splitlines()) == 1
+    assert main(["bench", "--synthetic-sparsity", "0.5", "--cnn", str(tmp_path / "m.safetensors")]) == 1
+    assert "either MODEL" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- the leaderboard's utterances
@@ -241,5 +266,5 @@ def test_superb_macs_on_a_small_test_clean(tmp_path, capsys):
     out = _bench_json(capsys, [str(path), "--superb-macs", str(tmp_path)])["superb_macs"]
     assert out["files"] == 3 and out["samples"] == [4000]  # only the 1st of the sorted 3
     assert out["utterances"] == ["test-clean/1089/134686/1089-134686-0001.flac"]
-    assert out["model_macs"] == count_macs(tiny_arch(), 4000)["total"]
+    assert out["model_macs"] == counted_macs(tiny_arch(), 4000)  # a forward counted, not the formula
     assert "only 3 files" in out["note"]

@@ -10,6 +10,7 @@ from pruned_upstream import load_model
 from pruned_upstream.cli import main
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0

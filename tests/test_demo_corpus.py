@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Tuple, Union
 
 import pytest
+import numpy as np
 import soundfile as sf
 import s3prl.downstream.speech_commands.dataset as s3prl_sc
 
@@ -48,7 +49,23 @@ def test_corpus_is_16k_mono_nonsilent_with_manifest(corpus):
     assert {r["label"] for r in rows if r["kind"] == "unknown"} == {"_unknown_"}
     assert {r["voice"] for r in speech} == set(VOICES)
     assert [r["split"] for r in rows if r["kind"] == "keyword"][::2] == ["train", "valid", "test"]
-    assert AudioDataset(manifest, crop_samples=16000, min_samples=0, scan="lengths").skipped["silent"] == 0
+    full = AudioDataset(manifest, crop_samples=16000, min_samples=0, scan="full")  # decodes every file
+    assert len(full) == len(entries) and sum(full.skipped.values()) == 0
+
+
+def test_the_full_scan_would_catch_a_silent_file(corpus, tmp_path):
+    """The check above can fail: the same manifest with one file silenced loses that file."""
+    _, manifest = corpus
+    entries = read_manifest(manifest)
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros(entries[0].num_samples, dtype=np.float32), 16000, subtype="PCM_16")
+    lines = manifest.read_text().splitlines()
+    lines[1] = f"{silent}\t{entries[0].num_samples}"
+    copy = tmp_path / "manifest.tsv"
+    copy.write_text("\n".join(lines) + "\n")
+    assert AudioDataset(copy, crop_samples=16000, min_samples=0, scan="lengths").skipped["silent"] == 0  # trusted
+    full = AudioDataset(copy, crop_samples=16000, min_samples=0, scan="full")
+    assert full.skipped["silent"] == 1 and len(full) == len(entries) - 1
 
 
 def test_corpus_is_deterministic_given_the_seed(corpus, tmp_path):

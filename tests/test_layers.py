@@ -90,6 +90,11 @@ def test_s3prl_upstream_drops_layers_from_its_model_config(tmp_path, yaml_spec, 
     assert len(first) == len(second) == kept + 1
     for a, b in zip(first, run(direct)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    alone = run(direct, WAV[1:, :3000], torch.tensor([3000]))  # the second call, one utterance
+    for a, b in zip(second, alone):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(second[-1], first[-1][1:, : second[-1].shape[1]], atol=1e-3)  # other audio
 
 
 def test_dropping_layer_zero_hands_its_position_embedding_on():

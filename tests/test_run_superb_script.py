@@ -162,6 +162,7 @@ def test_existing_results_are_skipped_and_runs_resume(dry):
     assert "scoring KS IC ER ASV SD in" in proc.stdout  # dry run: the tasks run now count as complete
 
 
+@pytest.mark.slow
 def test_ks_trains_tests_and_scores(tmp_path):
     """A real run of KS only: train, test, then a partial score that includes KS."""
     data = make_speech_commands(tmp_path / "data")

@@ -111,16 +111,23 @@ def runs(tmp_path_factory):
         after_state = (os.getcwd(), list(sys.argv), builtins.isinstance, sys.stdout, sys.stderr)
     finally:
         os.chdir(previous_cwd)
-    return {
+    yield {
         "root": root, "upstreams": {task: case.name for task, case in cases.items()}, "codes": codes, "times": times, "before": before,
         "after": package_hashes(package), "state": state, "after_state": after_state,
     }
+    import s3prl.hub
+
+    for case in cases.values():  # leave s3prl.hub as the other test modules expect it
+        for name in case.entries or ():
+            delattr(s3prl.hub, name)
+            runner._REGISTERED.pop(name, None)
 
 
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, expdir", [("ks", "exp/ks"), ("ic", "result/downstream/ic")])
 def test_train_test_then_evaluate_from_checkpoint(runs, task, expdir):
     assert runs["codes"][f"{task}_train"] == 0 and runs["codes"][f"{task}_eval"] == 0, runs["codes"]
@@ -138,10 +145,12 @@ def test_train_test_then_evaluate_from_checkpoint(runs, task, expdir):
     assert "\r" not in stdout and "\x1b" not in stdout
 
 
+@pytest.mark.slow
 def test_s3prl_installed_files_unchanged(runs):
     assert runs["before"] == runs["after"]
 
 
+@pytest.mark.slow
 def test_process_state_restored(runs):
     import s3prl.run_downstream
 
@@ -151,6 +160,7 @@ def test_process_state_restored(runs):
     assert not any(isinstance(s, runner.TeeStream) for s in streams), streams
 
 
+@pytest.mark.slow
 def test_device_defaults_to_cpu_without_gpu(runs):
     args = yaml.safe_load(_read(next((runs["root"] / "exp/ks").glob("args_*.yaml"))))
     assert args["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -233,9 +243,14 @@ def test_register_upstreams_refuses_to_replace_s3prl_entries():
 
     with pytest.raises(ValueError, match="wavlm_local"):
         runner.register_upstreams({"wavlm_local": print})
-    runner.register_upstreams({"tiny_test_entry": print})
-    runner.register_upstreams({"tiny_test_entry": len})  # ours: may be replaced
-    assert s3prl.hub.tiny_test_entry is len
+    try:
+        runner.register_upstreams({"tiny_test_entry": print})
+        runner.register_upstreams({"tiny_test_entry": len})  # ours: may be replaced
+        assert s3prl.hub.tiny_test_entry is len
+    finally:  # leave s3prl.hub as it was for the other tests
+        delattr(s3prl.hub, "tiny_test_entry")
+        runner._REGISTERED.pop("tiny_test_entry", None)
+    assert not hasattr(s3prl.hub, "tiny_test_entry")
 
 
 def _fake_checkout(root: Path) -> Path:

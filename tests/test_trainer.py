@@ -34,7 +34,9 @@ from pruned_upstream.training.sparsity import lr_lambda
 from pruned_upstream.run_dir import load_student
 from pruned_upstream.training.distributed import DistEnv
 from pruned_upstream.training.run import run_prune
+from pruned_upstream.training.models import build_teacher
 from pruned_upstream.training.trainer import Trainer, TrainingDiverged
+from pruned_upstream.model.depth import drop_layers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,6 +126,7 @@ def test_tiny_run_reaches_its_target_sparsity(manifest, tmp_path):
 
 
 # ---------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(manifest, tmp_path):
     args = tiny(manifest, "train.steps=60", "train.save_every=5")
     run_prune("demo", args, tmp_path / "reference")
@@ -135,7 +138,9 @@ def test_sigkill_then_resume_is_bit_identical(manifest, tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = run_io.list_checkpoints(out)[-1][0]
+    found = run_io.list_checkpoints(out)
+    assert found, f"the run ended (code {proc.returncode}) before its first checkpoint: {proc.stderr.read()[-2000:]!r}"
+    killed_at = found[-1][0]
     assert killed_at < 60, "the run finished before it could be killed"
     assert not (out / "summary.json").exists()
     assert run_prune("demo", args, out, resume=True) == 0
@@ -208,6 +213,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(manife
 
 
 # ---------------------------------------------------------------------------- DDP
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", [
     ["distill.pairing=learned"],
     ["distill.pairing=fixed", "distill.student_layers=1,1"],  # layer 2 gets no gradient: DDP must allow it
@@ -267,7 +273,7 @@ def test_final_distillation_stage_trains_the_exported_model(finished_run, manife
     assert any(not torch.equal(student.state_dict()[k], v) for k, v in pruned.state_dict().items())
 
 
-# ---------------------------------------------------------------------------- depth (issue 6)
+# ---------------------------------------------------------------------------- depth
 def test_gates_on_a_shallower_student(manifest, tmp_path):
     out = tmp_path / "shallow"
     assert run_prune("demo_shallow", tiny(manifest, "teacher.arch.num_layers=3", "train.steps=4",
@@ -276,6 +282,17 @@ def test_gates_on_a_shallower_student(manifest, tmp_path):
     assert student.num_layers == 2 and gates(student)  # one layer fewer than the teacher, then gated
     compact = export(student.eval())
     assert len(compact(torch.randn(1, 4000))) == 3
+    # With a vanishing lr the student's weights stay those it started from: the teacher's layers 0 and 1.
+    still = tmp_path / "still"
+    assert run_prune("demo_shallow", tiny(manifest, "teacher.arch.num_layers=3", "train.steps=2",
+                                          "train.save_every=2", "train.lr=1e-12"), still) == 0
+    teacher = build_teacher(load_config(str(still / "config.yaml")))
+    expected = drop_layers(teacher, "top:1").state_dict()
+    got = {k: v for k, v in load_student(still).state_dict().items() if not k.endswith("log_alpha")}
+    assert got.keys() == expected.keys()
+    for key, value in got.items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-8, msg=key)
+    assert not torch.equal(teacher.state_dict()["encoder.layers.2.fc1.weight"][: 4], expected["encoder.layers.1.fc1.weight"][: 4])
 
 
 def test_stochastic_depth_is_reproducible_and_changes_training(manifest, tmp_path):
