@@ -36,6 +36,12 @@ def _cmd_superb(args) -> int:
     return run_superb(args.runner_args)
 
 
+def _cmd_superb_all(args) -> int:
+    from .commands.superb_all import superb_all_command
+
+    return superb_all_command(args.script_args)
+
+
 def _cmd_prune(args) -> int:
     from .training.run import run_prune
 
@@ -156,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("runner_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_superb)
+
+    s = sub.add_parser(
+        "superb-all",
+        help="the ten SUPERB tasks for one upstream, then the score (scripts/run_superb.sh)",
+        description="UPSTREAM_CKPT OUT_DIR [TASK ...]; data roots from environment variables (scripts/README.md)",
+    )
+    s.add_argument("script_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_superb_all)
     return p
 
 

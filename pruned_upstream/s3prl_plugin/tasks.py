@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..shipped import shipped_dir
+
 S3PRL_COMMIT = "ec8064b5889f81ca460fbe2c094ce576a6f120b7"  # s3prl/s3prl, message "0.4.18"
 S3PRL_REPO = "https://github.com/s3prl/s3prl"
 # Learning rates a compressed (NAS-pruned) HuBERT used per task, published by its
@@ -187,13 +189,15 @@ _TASKS = (
     ),
     TaskSpec(
         key="QbE", title="query-by-example spoken term detection", downstream="quesst14_dtw", config="qbe.yaml",
-        metrics=(Metric("mtwv", True, "QUESST14 scoring/score-TWV-Cnxe.sh on EXPDIR"),),
+        metrics=(Metric("mtwv", True, "QUESST14 scoring/score-TWV-Cnxe.sh on EXPDIR (score_twv.log); where the "
+                        "data has no scorer, ours: pruned_upstream/superb/mtwv.py (score_twv_ours.log)"),),
         data="QUESST14", data_source="https://speech.fit.vutbr.cz/files/quesst14Database.tgz",
         data_paths=(
-            DataPath(
+            DataPath(  # what quesst14_dtw/dataset.py reads, and the scorers' ground truth
                 "downstream_expert.datarc.dataset_root", "QUESST14_ROOT",
                 ("scoring/language_key_utterances.lst", "scoring/language_key_dev.lst",
-                 "scoring/language_key_eval.lst", "scoring/score-TWV-Cnxe.sh"),
+                 "scoring/language_key_eval.lst", "scoring/groundtruth_quesst14_dev",
+                 "scoring/groundtruth_quesst14_eval"),
             ),
         ),
         s3prl_files=(), tool_files=(), writable_dirs=(),
@@ -203,7 +207,7 @@ _TASKS = (
         needs_libsox=True, lr=None, lr_search=(), test_split="test",
         gpu_time="not measured (no training: one DTW pass per layer on dev and on test)",
         protocol="no training: -m evaluate -t dev and -t test with -l LAYER for every layer; "
-        "pick the layer by dev MTWV, report its test MTWV",
+        "pick the layer by dev MTWV, report its test MTWV (pruned_upstream/s3prl_plugin/qbe_eval.py)",
     ),
     TaskSpec(
         key="SF", title="slot filling", downstream="ctc", config="sf.yaml",
@@ -277,8 +281,8 @@ def get_task(key: str) -> TaskSpec:
 
 
 def configs_dir() -> Path:
-    """The repository's ``downstream_configs/`` directory."""
-    return Path(__file__).resolve().parents[2] / "downstream_configs"
+    """Our ``downstream_configs/``: shipped in the package, or the source checkout's (shipped.py)."""
+    return shipped_dir("downstream_configs")
 
 
 def config_path(key: str) -> Path:
