@@ -15,9 +15,12 @@ score.sh (s3prl commit ec8064b5) then, for every median filter width in
 
 The reported DER is the lowest ``*** OVERALL ***`` DER over those files
 (superb.md: "report the lowest number"). This module runs the same two
-scripts, unchanged, as subprocesses; the only difference is that dscore runs
-through :mod:`pruned_upstream.s3prl_plugin.third_party` (``$DSCORE_ROOT``
-may be a tarball; ``np.int`` restored for NumPy >= 1.24).
+scripts, unchanged, with the same arguments and file names: make_rttm.py in
+this process (``runpy``, so scipy/h5py load once, not ten times), dscore as
+one subprocess per grid point through
+:mod:`pruned_upstream.s3prl_plugin.third_party` (``$DSCORE_ROOT`` may be a
+tarball; ``np.int`` restored for NumPy >= 1.24). score.sh itself cannot run
+here unchanged: it hard-codes ``dscore_dir=/groups/leo1994122701/dscore``.
 
     python -m pruned_upstream.s3prl_plugin.sd_eval EXPDIR TEST_DIR
 """
@@ -82,29 +85,36 @@ def overall_der(result_file: Path) -> float:
     raise ValueError(f"{result_file}: no '*** OVERALL ***' row (dscore failed?)")
 
 
-def _run(cmd: list[str], env: dict, stdout_path: Path | None = None) -> None:
-    if stdout_path is None:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def _run(cmd: list[str], env: dict, stdout_path: Path) -> None:
+    """``cmd > stdout_path``, the file written only when ``cmd`` succeeds."""
+    tmp = stdout_path.with_name(stdout_path.name + ".tmp")
+    with open(tmp, "w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
+    if proc.returncode == 0:
+        tmp.replace(stdout_path)
     else:
-        tmp = stdout_path.with_name(stdout_path.name + ".tmp")
-        with open(tmp, "w") as out:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
-        if proc.returncode == 0:
-            tmp.replace(stdout_path)
-        else:
-            tmp.unlink(missing_ok=True)
-    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
-def _score_point(python: str, make_rttm: Path, scoring: Path, reference: Path, shift: int,
-                 th: str, med: str, env: dict) -> tuple[tuple[str, str], float]:
-    hyp = scoring / f"hyp_{th}_{med}.rttm"
-    _run([python, str(make_rttm), f"--median={med}", f"--threshold={th}", f"--frame_shift={shift}",
-          "--subsampling=1", f"--sampling_rate={SAMPLE_RATE}", str(scoring / "log" / "file_list"), str(hyp)], env)
-    result = scoring / f"result_th{th}_med{med}"
+def run_make_rttm(make_rttm: Path, args: list[str]) -> None:
+    """s3prl's ``make_rttm.py ARGS``, unchanged, in this process (its imports load once, not 10 times)."""
+    import runpy
+
+    saved = sys.argv
+    sys.argv = [str(make_rttm), *args]
+    try:
+        runpy.run_path(str(make_rttm), run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise RuntimeError(f"{make_rttm} {' '.join(args)} exited with {exc.code}") from None
+    finally:
+        sys.argv = saved
+
+
+def _dscore(python: str, reference: Path, hyp: Path, result: Path, env: dict) -> float:
     _run(third_party.dscore_command(["-r", str(reference), "-s", str(hyp)], python), env, result)
-    return (th, med), overall_der(result)
+    return overall_der(result)
 
 
 def score_sd(expdir: str | Path, test_dir: str | Path, medians=MEDIANS, thresholds=THRESHOLDS,
@@ -124,9 +134,14 @@ def score_sd(expdir: str | Path, test_dir: str | Path, medians=MEDIANS, threshol
     (scoring / "log").mkdir(parents=True, exist_ok=True)
     (scoring / "log" / "file_list").write_text("".join(f"{p}\n" for p in predictions))
     points = [(th, med) for med in medians for th in thresholds]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        grid = dict(pool.map(lambda p: _score_point(python, make_rttm, scoring, reference, shift, *p, env),
-                             points))
+    for th, med in points:  # score.sh's loop order
+        run_make_rttm(make_rttm, [f"--median={med}", f"--threshold={th}", f"--frame_shift={shift}",
+                                  "--subsampling=1", f"--sampling_rate={SAMPLE_RATE}",
+                                  str(scoring / "log" / "file_list"), str(scoring / f"hyp_{th}_{med}.rttm")])
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # dscore: one process each
+        ders = pool.map(lambda p: _dscore(python, reference, scoring / f"hyp_{p[0]}_{p[1]}.rttm",
+                                          scoring / f"result_th{p[0]}_med{p[1]}", env), points)
+        grid = dict(zip(points, ders))
     (th, med), der = min(grid.items(), key=lambda item: item[1])
     return SdScore(der, th, med, scoring / f"result_th{th}_med{med}", grid)
 

@@ -13,6 +13,8 @@ from pruned_upstream.superb.records import STDOUT_LOG
 from pruned_upstream.superb.references import TASKS
 
 QBE_SCORE_LOG = "score_twv.log"      # stdout of QUESST14's scoring/score-TWV-Cnxe.sh
+QBE_OURS_LOG = "score_twv_ours.log"  # our MTWV (superb/mtwv.py OURS_LOG), not the official scorer
+QBE_OURS_TAG = "[ours: superb/mtwv.py, not QUESST14's scorer]"
 
 
 def _matches(path: Path, pattern: re.Pattern) -> list[tuple[str, re.Match]]:
@@ -90,10 +92,21 @@ def read_sd_der(expdir: Path) -> tuple[float, str] | None:
 def read_qbe_mtwv(expdir: Path) -> tuple[float, str] | None:
     """QbE: `actTWV: a maxTWV: b Threshold: c` printed by QUESST14's
     score-TWV-Cnxe.sh (the line s3prl's problem/superb/qbe.py parses), saved as
-    score_twv.log, else found in stdout.log; MTWV x 100."""
+    score_twv.log, else found in stdout.log; else the same line written by our
+    own scorer (superb/mtwv.py) to score_twv_ours.log, its source then tagged
+    QBE_OURS_TAG (not the official scorer). MTWV x 100."""
     pattern = r"actTWV:\s*\S+\s+maxTWV:\s*(\S+)\s+Threshold:"
-    return (_last_value(expdir / QBE_SCORE_LOG, pattern, 100.0)
-            or _last_value(expdir / STDOUT_LOG, pattern, 100.0))
+    official = (_last_value(expdir / QBE_SCORE_LOG, pattern, 100.0)
+                or _last_value(expdir / STDOUT_LOG, pattern, 100.0))
+    if official:
+        return official
+    ours = _last_value(expdir / QBE_OURS_LOG, pattern, 100.0)
+    return (ours[0], f"{ours[1]} {QBE_OURS_TAG}") if ours else None
+
+
+def is_our_mtwv(source: str) -> bool:
+    """Whether a QbE value's source (file:line) is our MTWV rather than QUESST14's scorer."""
+    return source.endswith(QBE_OURS_TAG)
 
 
 def _stdout(pattern: str, scale: float) -> Callable[[Path], tuple[float, str] | None]:
@@ -110,7 +123,8 @@ TASK_SOURCES: dict[str, tuple[Callable[[Path], tuple[float, str] | None], str]] 
     "SID": (read_log_accuracy, "log.log: 'test at step N: X'"),
     "ER": (read_log_accuracy, "log.log: 'test at step N: X'"),
     "ASR": (_stdout(r"^test-clean wer: (\S+)$", 1.0), f"{STDOUT_LOG}: 'test-clean wer: X'"),
-    "QbE": (read_qbe_mtwv, f"{QBE_SCORE_LOG} or {STDOUT_LOG}: 'actTWV: a maxTWV: b Threshold: c'"),
+    "QbE": (read_qbe_mtwv, f"{QBE_SCORE_LOG}, {STDOUT_LOG} or {QBE_OURS_LOG}: "
+                           "'actTWV: a maxTWV: b Threshold: c'"),
     "SF-F1": (_stdout(r"^test slot_type_f1: (\S+)$", 100.0),
               f"{STDOUT_LOG}: 'test slot_type_f1: X'"),
     "SF-CER": (_stdout(r"^test slot_value_cer: (\S+)$", 100.0),

@@ -43,6 +43,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 MS = SAMPLE_RATE // 1000  # samples per millisecond
 SPLIT_DIRS = {"train": "train-100", "dev": "dev", "test": "test"}  # Libri2Mix/wav16k/max/<dir>
+MIN_SOLO = 0.4  # seconds each speaker speaks alone, at least
 KALDI_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "reco2dur", "rttm")
 PHRASES = (
     "the bright lamp stood near the window", "she carried water up the hill",
@@ -130,6 +131,16 @@ def make_mixture(rng: np.random.Generator, split: str, cache: dict) -> tuple[np.
     return mix, segs_a + segs_b, mix_id
 
 
+def solo_seconds(segments: list[Segment]) -> dict[str, float]:
+    """Seconds each speaker speaks alone."""
+    end = max(seg.end for seg in segments)
+    active = {seg.speaker: np.zeros(end, bool) for seg in segments}
+    for seg in segments:
+        active[seg.speaker][seg.start: seg.end] = True
+    total = np.sum(list(active.values()), axis=0)
+    return {spk: float((mask & (total == 1)).sum()) / SAMPLE_RATE for spk, mask in active.items()}
+
+
 def _seconds(samples: int) -> float:
     return round(samples / SAMPLE_RATE, 3)
 
@@ -172,8 +183,8 @@ def make_libri2mix_sd(root: str | Path, sizes: dict[str, int] | None = None, see
         recordings = []
         while len(recordings) < count:
             mix, segments, mix_id = make_mixture(rng, split, cache)
-            if any(mix_id == r[0] for r in recordings):
-                continue
+            if any(mix_id == r[0] for r in recordings) or min(solo_seconds(segments).values()) < MIN_SOLO:
+                continue  # redraw: a repeated id, or a speaker (almost) never alone
             path = wav_dir / f"{mix_id}.wav"
             sf.write(str(path), mix, SAMPLE_RATE, subtype="PCM_16")
             recordings.append((mix_id, path, len(mix), segments))

@@ -3,7 +3,7 @@
 The real corpus (https://www.openslr.org/12, unpacked ``LibriSpeech/``)::
 
     LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac    16 kHz mono 16-bit FLAC
-    LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt     "<utt id> <UPPER-CASE TEXT>\\n" per utterance
+    LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt     "<utt id> <UPPER TEXT>\\n" per line
 
 Who reads it (s3prl 0.4.18, commit ec8064b5):
 
@@ -92,6 +92,7 @@ IPA_CONSONANTS = {
 }
 SYLLABIC = {"n̩": "N", "l̩": "L", "m̩": "M"}  # schwa + consonant, as CMUdict (button: B AH1 T AH0 N)
 STRESS_MARKS = {"ˈ": "1", "ˌ": "2"}
+IPA_SYMBOLS = tuple(sorted({**IPA_VOWELS, **IPA_CONSONANTS, **SYLLABIC}, key=len, reverse=True))  # longest first
 ARPABET_VOWELS = frozenset(IPA_VOWELS.values())
 ARPABET = frozenset(
     [v + d for v in ARPABET_VOWELS for d in "012"] + list(IPA_CONSONANTS.values())
@@ -105,13 +106,12 @@ def ipa_to_arpabet(ipa: str) -> list[str]:
     raises ValueError naming it.
     """
     out, stress, i = [], "0", 0
-    symbols = sorted({**IPA_VOWELS, **IPA_CONSONANTS, **SYLLABIC}, key=len, reverse=True)
     while i < len(ipa):
         char = ipa[i]
         if char in STRESS_MARKS:
             stress, i = STRESS_MARKS[char], i + 1
             continue
-        symbol = next((s for s in symbols if ipa.startswith(s, i)), None)
+        symbol = next((s for s in IPA_SYMBOLS if ipa.startswith(s, i)), None)
         if symbol is None:
             raise ValueError(f"IPA symbol {char!r} (U+{ord(char):04X}) of {ipa!r} has no ARPAbet mapping")
         i += len(symbol)
