@@ -272,3 +272,13 @@ def test_cited_docs_exist_and_are_lower_case():
                                  "shared/seeds/001_41c77bdd3c27f8b0.txt", "/work/main/docs"])
 def test_the_citation_check_catches(bad):
     assert OUTSIDE.search(bad)
+
+
+def test_our_sources_compile_without_warnings():
+    """pyproject filters "invalid escape sequence" (s3prl's files); ours must not have any."""
+    import warnings
+
+    for path in sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "tests").glob("*.py")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compile(path.read_text(), str(path), "exec")

@@ -17,12 +17,21 @@ adds nothing to q.k and nothing to the output, so the result is exact
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..arch import LayerArch, WavLMArch
+
+
+def linear(n_in: int, n_out: int) -> nn.Linear:
+    """nn.Linear; a pruned-away size of 0 is legal (its output is the bias, or nothing), and
+    torch's initialiser warns that initialising a zero-element tensor does nothing: it does not matter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op", UserWarning)
+        return nn.Linear(n_in, n_out)
 
 
 def relative_position_bucket(t: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
@@ -71,10 +80,10 @@ class SelfAttention(nn.Module):
         if not layer.attn:
             return
         dim, heads = arch.embed_dim, layer.heads
-        self.q_proj = nn.Linear(dim, layer.qk_total)
-        self.k_proj = nn.Linear(dim, layer.qk_total)
-        self.v_proj = nn.Linear(dim, layer.vo_total)
-        self.out_proj = nn.Linear(layer.vo_total, dim)
+        self.q_proj = linear(dim, layer.qk_total)
+        self.k_proj = linear(dim, layer.qk_total)
+        self.v_proj = linear(dim, layer.vo_total)
+        self.out_proj = linear(layer.vo_total, dim)
         if arch.gru_rel_pos and heads:  # created whenever the checkpoint has it (as s3prl)
             self.grep_linear = nn.Linear(arch.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, len(heads), 1, 1))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import LayerArch, WavLMArch
-from .attention import SelfAttention, additive_padding_mask
+from .attention import SelfAttention, additive_padding_mask, linear
 
 
 class TransposeLast(nn.Module):
@@ -124,8 +124,8 @@ class EncoderLayer(nn.Module):
         if layer.attn or not self.pre_ln:
             self.self_attn_layer_norm = nn.LayerNorm(dim)
         if layer.ffn:
-            self.fc1 = nn.Linear(dim, layer.ffn_dim)
-            self.fc2 = nn.Linear(layer.ffn_dim, dim)
+            self.fc1 = linear(dim, layer.ffn_dim)
+            self.fc2 = linear(layer.ffn_dim, dim)
         if layer.ffn or not self.pre_ln:
             self.final_layer_norm = nn.LayerNorm(dim)
         self.gate_ffn = self.gate_int = None
