@@ -42,6 +42,20 @@ def _cmd_superb_all(args) -> int:
     return superb_all_command(args.script_args)
 
 
+def _cmd_superb_step(args) -> int:
+    from .commands import superb_steps as steps
+
+    if args.step == "sd-score":
+        return steps.sd_score(args.expdir, args.test_dir, args.jobs)
+    if args.step == "qbe":
+        return steps.qbe(args.ckpt, args.dataset_root, args.out, args.layers, args.override, args.scorer)
+    if args.step == "mtwv":
+        return steps.mtwv(args.expdir, args.groundtruth, args.default_score)
+    if args.step == "dscore":
+        return steps.dscore(args.dscore_args)
+    return steps.dscore_root()
+
+
 def _cmd_prune(args) -> int:
     from .training.run import run_prune
 
@@ -170,7 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("script_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_superb_all)
+    _add_superb_steps(sub)
     return p
+
+
+def _add_superb_steps(sub) -> None:
+    s = sub.add_parser("superb-step", help="a scoring step of SD, QbE (the ten-task script chains them)")
+    steps = s.add_subparsers(dest="step", metavar="STEP", required=True)
+    t = steps.add_parser("sd-score", help="s3prl's diarization score.sh grid with dscore: the lowest DER")
+    t.add_argument("expdir", help="the expdir of -m evaluate -t test (holds scoring/predictions/*.h5)")
+    t.add_argument("test_dir", help="the Kaldi-style test directory (holds rttm)")
+    t.add_argument("--jobs", type=int, default=2, help="grid points scored at once")
+    t = steps.add_parser("qbe", help="DTW per layer on dev and test; the best dev layer's test MTWV")
+    t.add_argument("ckpt", help="upstream checkpoint (-k)")
+    t.add_argument("dataset_root", help="quesst14Database (QUESST14_ROOT)")
+    t.add_argument("out", help="directory of the QbE_<split>_layer<L> expdirs")
+    t.add_argument("--layers", help="comma-separated layer indices (default: every hidden state)")
+    t.add_argument("--override", default="", help="extra s3prl -o items for every run")
+    t.add_argument("--scorer", choices=("auto", "official", "ours"), default="auto")
+    t = steps.add_parser("mtwv", help="our QUESST 2014 TWV/MTWV of one quesst14_dtw expdir")
+    t.add_argument("expdir", help="holds benchmark.stdlist.xml")
+    t.add_argument("groundtruth", help="e.g. QUESST14_ROOT/scoring/groundtruth_quesst14_dev")
+    t.add_argument("default_score", nargs="?", type=float, default=-10.0,
+                   help="score of trials missing from the system output (default -10, as SUPERB's call)")
+    t = steps.add_parser("dscore", help="dscore's score.py, unchanged (DSCORE_ROOT: a clone or a .tar.gz)")
+    t.add_argument("dscore_args", nargs=argparse.REMAINDER)
+    steps.add_parser("dscore-root", help="print where dscore is (unpacking a .tar.gz DSCORE_ROOT once)")
+    s.set_defaults(func=_cmd_superb_step)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = argv[:1] in (["-v"], ["--verbose"])
     rest = argv[1:] if verbose else argv
+    # Options of another program (s3prl's runner, the script, dscore) start with "-", which argparse's
+    # REMAINDER cannot take first: they are passed on untouched.
     if rest[:1] == ["superb"] and rest[1:2] not in (["-h"], ["--help"]):
-        # s3prl's own options start with "-", which argparse's REMAINDER cannot take first: pass them untouched
         args = argparse.Namespace(command="superb", runner_args=rest[1:], verbose=verbose, func=_cmd_superb)
+    elif rest[:1] == ["superb-all"] and rest[1:2] not in (["-h"], ["--help"]):
+        args = argparse.Namespace(command="superb-all", script_args=rest[1:], verbose=verbose, func=_cmd_superb_all)
+    elif rest[:2] == ["superb-step", "dscore"] and rest[2:3] not in (["-h"], ["--help"]):
+        args = argparse.Namespace(command="superb-step", step="dscore", dscore_args=rest[2:], verbose=verbose,
+                                  func=_cmd_superb_step)
     else:
         args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")

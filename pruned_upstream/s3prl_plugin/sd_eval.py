@@ -27,7 +27,6 @@ here unchanged: it hard-codes ``dscore_dir=/groups/leo1994122701/dscore``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -144,26 +143,3 @@ def score_sd(expdir: str | Path, test_dir: str | Path, medians=MEDIANS, threshol
         grid = dict(zip(points, ders))
     (th, med), der = min(grid.items(), key=lambda item: item[1])
     return SdScore(der, th, med, scoring / f"result_th{th}_med{med}", grid)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pruned_upstream.s3prl_plugin.sd_eval",
-                                     description="s3prl's diarization/score.sh grid with dscore; prints the lowest DER")
-    parser.add_argument("expdir", help="the expdir of -m evaluate -t test (holds scoring/predictions/*.h5)")
-    parser.add_argument("test_dir", help="the Kaldi-style test directory (holds rttm)")
-    parser.add_argument("--jobs", type=int, default=2, help="grid points scored at once")
-    args = parser.parse_args(argv)
-    try:
-        result = score_sd(args.expdir, args.test_dir, jobs=args.jobs)
-    except (third_party.ToolNotFoundError, FileNotFoundError, RuntimeError, ValueError) as err:
-        print(f"sd_eval: {err}", file=sys.stderr)
-        return 2
-    for (th, med), der in sorted(result.grid.items(), key=lambda item: -item[1]):
-        print(f"result_th{th}_med{med}: DER {der:.2f}")
-    print(f"SD: lowest DER {result.der:.2f} (threshold {result.threshold}, median {result.median}): "
-          f"{result.result_file}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -135,7 +135,7 @@ def missing_dscore_packages() -> list[str]:
 
 def dscore_command(args: list[str], python: str | None = None) -> list[str]:
     """argv that runs dscore's ``score.py ARGS`` through :func:`run_dscore` (``$DSCORE_ROOT`` is read there)."""
-    return [python or sys.executable, "-m", __name__, "dscore", *args]
+    return [python or sys.executable, "-m", "pruned_upstream.cli", "superb-step", "dscore", *args]
 
 
 def run_dscore(args: list[str], root: Path | None = None) -> None:
@@ -154,27 +154,3 @@ def run_dscore(args: list[str], root: Path | None = None) -> None:
     sys.path.insert(0, str(root))
     sys.argv = [str(root / "score.py"), *args]
     runpy.run_path(str(root / "score.py"), run_name="__main__")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["dscore"]:
-        try:
-            run_dscore(argv[1:])
-        except ToolNotFoundError as err:
-            print(f"dscore: {err}", file=sys.stderr)
-            return 2
-        return 0
-    if argv[:1] == ["dscore-root"]:
-        try:
-            print(dscore_root())
-        except ToolNotFoundError as err:
-            print(f"dscore: {err}", file=sys.stderr)
-            return 2
-        return 0
-    print("usage: python -m pruned_upstream.s3prl_plugin.third_party {dscore ARGS | dscore-root}", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
