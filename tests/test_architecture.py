@@ -262,7 +262,7 @@ def test_cited_docs_exist_and_are_lower_case():
     cited = set()
     for path in tracked_files():
         if path.suffix in (".py", ".md", ".yaml", ".sh", ".toml") or path.name in ("Makefile",):
-            cited |= set(re.findall(r"\bdocs/[\w./-]+\.md", path.read_text(errors="replace")))
+            cited |= set(re.findall(r"(?<![\w/.-])docs/[\w./-]+\.md", path.read_text(errors="replace")))
     missing = sorted(c for c in cited if not (ROOT / c).is_file())
     upper = sorted(c for c in cited if c != c.lower())
     assert (missing, upper) == ([], [])

@@ -92,12 +92,15 @@ def test_dry_run_prints_every_task(dry):
     assert option(asv[0], "-o") == f"args.expdir={out}/ASV/states-N" and asv[0][-2:] == [">", f"{out}/ASV/states-N/log.txt"]
     qbe = [(option(c, "-l"), option(c, "-t"), option(c, "-p")) for c in evals if option(c, "-d") == "quesst14_dtw"]
     assert qbe == [(layer, split, f"{out}/QbE_{split}_layer{layer}") for layer in "01" for split in ("dev", "test")]
-    twv = [c for c in cmds if "score-TWV-Cnxe.sh" in c]
-    assert [c[c.index("score-TWV-Cnxe.sh") + 2] for c in twv] == ["groundtruth_quesst14_dev", "groundtruth_quesst14_eval"] * 2
-    assert all(c[-1].endswith("/score_twv.log") and c[2] == env["QUESST14_ROOT"] + "/scoring" for c in twv)
-    dscore = [c for c in cmds if c[1:2] == [env["DSCORE_ROOT"] + "/score.py"]]
-    assert len(dscore) == 10 and {option(c, "-r") for c in dscore} == {env["LIBRI2MIX_SD_DATA"] + "/test/rttm"}
-    assert {Path(c[-1]).name for c in dscore} == {f"result_th{t}_med{m}" for t in (0.3, 0.4, 0.5, 0.6, 0.7) for m in (1, 11)}
+    # no official scorer under the (fake) QUESST14_ROOT: ours, per expdir, against the split's ground truth
+    mtwv = [c[3:] for c in cmds if c[1:3] == ["superb-step", "mtwv"]]
+    truth = {"dev": "groundtruth_quesst14_dev", "test": "groundtruth_quesst14_eval"}
+    assert mtwv == [[f"{out}/QbE_{split}_layer{layer}", f"{env['QUESST14_ROOT']}/scoring/{truth[split]}", "-10"]
+                    for layer in "01" for split in ("dev", "test")]
+    assert not [c for c in cmds if "score-TWV-Cnxe.sh" in c]
+    # SD: score.sh's grid (make_rttm.py + dscore) in one step, on the test set's reference RTTM
+    sd = [c[3:] for c in cmds if c[1:3] == ["superb-step", "sd-score"]]
+    assert sd == [[f"{out}/SD", env["LIBRI2MIX_SD_DATA"] + "/test"]]
     scores = [c for c in cmds if c[1:2] == ["score"]]
     assert [c[2:] for c in scores] == [[f"{out}/scored/out", "--allow-missing"],
                                        [f"{out}/scored/out", "--allow-missing", "--json", ">", f"{out}/superb_score.json"]]

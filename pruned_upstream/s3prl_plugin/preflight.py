@@ -159,13 +159,41 @@ def _major_version(module: str) -> int:
     return int(importlib.metadata.version(names[0]).split(".")[0])
 
 
-def check_s3prl_files(spec: TaskSpec, s3prl_root: Path) -> list[Problem]:
-    """s3prl source-tree files the task reads (``s3prl_file``) or its scripts (``s3prl_tool``)."""
+def _strings(value) -> Iterator[str]:
+    """Every string inside nested dicts and lists."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def replaced_files(task: str, s3prl_root: Path, config: dict) -> set[str]:
+    """s3prl files our config for ``task`` names that the effective ``config`` no longer names.
+
+    Small data brings its own lexicon or split list through ``-o``; the s3prl
+    file it replaces (absent from some copies of s3prl's tree) is then not needed.
+    """
+    named_now = {text.strip() for text in _strings(config)}
+    ours = {text.strip().removeprefix("./") for text in _strings(load_task_config(task))
+            if text.strip().startswith(S3PRL_RELATIVE)}
+    return {rel for rel in ours if str(s3prl_root / rel) not in named_now and rel not in named_now
+            and f"./{rel}" not in named_now}
+
+
+def check_s3prl_files(spec: TaskSpec, s3prl_root: Path, replaced: set[str] = frozenset()) -> list[Problem]:
+    """s3prl source-tree files the task reads (``s3prl_file``) or its scripts (``s3prl_tool``).
+
+    ``replaced``: files the run's config no longer names (``replaced_files``): not needed.
+    """
     problems = [
         Problem(kind, rel, f"not under {s3prl_root}: {SOURCE_TREE}")
         for kind, files in (("s3prl_file", spec.s3prl_files), ("s3prl_tool", spec.tool_files))
         for rel in files
-        if not (s3prl_root / rel).exists()
+        if not (s3prl_root / rel).exists() and rel not in replaced
     ]
     for rel in spec.writable_dirs:
         path = s3prl_root / rel
@@ -229,7 +257,8 @@ def preflight(task: str, s3prl_root: Path | None = None, config: dict | None = N
     if root is None:
         problems.append(Problem("package", "s3prl", f"s3prl is not installed: {SOURCE_TREE}"))
     else:
-        problems += check_s3prl_files(spec, root)
+        replaced = replaced_files(spec.key, root, config) if config is not None else set()
+        problems += check_s3prl_files(spec, root, replaced)
     if spec.needs_libsox:
         problems += check_libsox(lib_dirs)
     if config is not None:

@@ -19,7 +19,11 @@ torch >= 2.6 (see docs/s3prl.md):
   ASV and SD print their test metrics only there), progress bars collapsed to
   their last state;
 * the process-wide state s3prl changes (``builtins.isinstance``,
-  ``sys.argv``, logging streams) is restored afterwards.
+  ``sys.argv``, logging streams) is restored afterwards;
+* caches s3prl keeps inside its package, keyed by split name only, are made
+  this data set's before the task reads them (caches.py, docs/tasks/caches.md);
+* without a GPU, ``Tensor.cuda()`` returns the tensor inside the run (cuda_shim.py:
+  the ASV downstream calls it whatever ``--device`` says).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from pruned_upstream.s3prl_plugin.caches import isolate_caches
+from pruned_upstream.s3prl_plugin.cuda_shim import tensor_cuda_stays_on_cpu
 from pruned_upstream.s3prl_plugin.output_tee import LogSink, TeeStream
 from pruned_upstream.s3prl_plugin.runner_args import (PreflightError, config_for_downstream, prepare_argv,
                                                       resolve_and_check)
@@ -109,6 +115,8 @@ def _report_expdir(module, on_expdir: Callable[[Path], None]):
     def wrapped():
         args, config, backup_files = original()
         on_expdir(Path(args.expdir).resolve())
+        # s3prl caches file lists inside its package, keyed by split name only: make them this data's
+        isolate_caches(args.downstream, Path(module.__file__).resolve().parent, Path(args.expdir).resolve(), config)
         return args, config, backup_files
 
     module.get_downstream_args = wrapped
@@ -153,7 +161,8 @@ def run_superb(argv: list[str], upstreams: dict[str, Callable] | None = None) ->
     import s3prl.run_downstream as run_downstream
 
     log = LogSink(f"### pruned-upstream superb {shlex.join(argv)}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    with _s3prl_process_state(argv, log), _report_expdir(run_downstream, lambda d: log.open(d / LOG_NAME)):
+    with _s3prl_process_state(argv, log), _report_expdir(run_downstream, lambda d: log.open(d / LOG_NAME)), \
+            tensor_cuda_stays_on_cpu():  # s3prl's ASV calls .cuda() whatever --device says
         try:
             run_downstream.main()
             return 0

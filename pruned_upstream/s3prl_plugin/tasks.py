@@ -106,10 +106,15 @@ _TASKS = (
         metrics=(Metric("per", False, "stdout: 'test per: X'"),),
         data=LIBRISPEECH, data_source=OPENSLR_12,
         data_paths=(DataPath("downstream_expert.corpus.path", "LIBRISPEECH_ROOT", LIBRI_SPLITS),),
-        # The lexicon files are whatever corpus.lexicon names (pr.yaml: s3prl's two g2p lexicons; the
-        # 200k one is in no s3prl tree: huggingface.co/datasets/s3prl/g2p, see s3prl dataio/encoder/g2p.py),
-        # so they are not in this fixed list; small data passes its own with -o (docs/tasks/PR.md).
-        s3prl_files=("downstream/ctc/corpus/libriphone.py", "downstream/ctc/vocab/phoneme.txt"),
+        # The lexicons are those pr.yaml names (in s3prl's repository; large files some copies of the tree
+        # lack); a run whose -o names other lexicons (small data, docs/tasks/pr.md) does not need them
+        # (preflight.replaced_files).
+        s3prl_files=(
+            "downstream/ctc/corpus/libriphone.py",
+            "downstream/ctc/lexicon/librispeech-lexicon-200k-g2p.txt",
+            "downstream/ctc/lexicon/librispeech-lexicon-allothers-g2p.txt",
+            "downstream/ctc/vocab/phoneme.txt",
+        ),
         tool_files=(), writable_dirs=(), packages=(EDITDISTANCE, JOBLIB), needs_libsox=False,
         lr=5e-4, lr_search=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), test_split="test",
         gpu_time="not measured (100k steps)", protocol="train; -m evaluate -t test on dev-best.ckpt",
@@ -245,11 +250,12 @@ _TASKS = (
         gpu_time="not measured (200k steps, then one evaluation per saved checkpoint)",
         protocol="train without dev; -m evaluate each states-N.ckpt (N = 20000..200000) with our runner "
         "(s3prl's sv_voxceleb1/test_expdir.sh calls plain run_downstream.py, which lacks our upstream); "
-        "report the lowest test EER",
+        "report the lowest test EER (scripts/run_superb.sh run_asv)",
     ),
     TaskSpec(
         key="SD", title="speaker diarization", downstream="diarization", config="sd.yaml",
-        metrics=(Metric("der", False, "dscore via s3prl downstream/diarization/score.sh"),),
+        metrics=(Metric("der", False, "dscore over s3prl downstream/diarization/score.sh's grid: "
+                        "EXPDIR/scoring/result_th*_med* (pruned_upstream/s3prl_plugin/sd_eval.py)"),),
         data="Libri2Mix (2 speakers) simulated for diarization, as Kaldi-style train/dev/test directories",
         data_source="https://github.com/s3prl/LibriMix (generate_librimix_sd.sh, then scripts/prepare_diarization.py)",
         data_paths=(
@@ -257,7 +263,9 @@ _TASKS = (
             DataPath("downstream_expert.loaderrc.dev_dir", "LIBRI2MIX_SD_DATA", SD_MARKERS),
             DataPath("downstream_expert.loaderrc.test_dir", "LIBRI2MIX_SD_DATA", SD_MARKERS + ("rttm",)),
         ),
-        s3prl_files=(), tool_files=("downstream/diarization/score.sh", "downstream/diarization/report.sh"),
+        s3prl_files=(),
+        tool_files=("downstream/diarization/make_rttm.py", "downstream/diarization/score.sh",
+                    "downstream/diarization/report.sh"),
         writable_dirs=(),
         packages=(
             Package("h5py", "h5py", "diarization/expert.py"), PANDAS,
@@ -265,8 +273,9 @@ _TASKS = (
         ),
         needs_libsox=False, lr=5e-4, lr_search=(1e-2, 1e-3, 1e-4, 1e-5), test_split="test",
         gpu_time="not measured (30k steps)",
-        protocol="train; -m evaluate on best-states-dev.ckpt; score.sh EXPDIR TEST_DIR with dscore "
-        "(git clone https://github.com/ftshijt/dscore, set dscore_dir in score.sh); lowest DER",
+        protocol="train; -m evaluate -t test on best-states-dev.ckpt; score.sh's grid (median 1 11 x threshold "
+        "0.3..0.7: make_rttm.py, dscore from $DSCORE_ROOT) by python -m pruned_upstream.s3prl_plugin.sd_eval "
+        "EXPDIR TEST_DIR; lowest DER",
     ),
 )
 TASKS: dict[str, TaskSpec] = {spec.key: spec for spec in _TASKS}

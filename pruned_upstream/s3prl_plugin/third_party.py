@@ -135,7 +135,7 @@ def missing_dscore_packages() -> list[str]:
 
 def dscore_command(args: list[str], python: str | None = None) -> list[str]:
     """argv that runs dscore's ``score.py ARGS`` through :func:`run_dscore` (``$DSCORE_ROOT`` is read there)."""
-    return [python or sys.executable, "-m", "pruned_upstream.cli", "superb-step", "dscore", *args]
+    return [python or sys.executable, "-m", __name__, *args]
 
 
 def run_dscore(args: list[str], root: Path | None = None) -> None:
@@ -154,3 +154,11 @@ def run_dscore(args: list[str], root: Path | None = None) -> None:
     sys.path.insert(0, str(root))
     sys.argv = [str(root / "score.py"), *args]
     runpy.run_path(str(root / "score.py"), run_name="__main__")
+
+
+if __name__ == "__main__":  # `python -m ...third_party ARGS`: dscore's score.py ARGS, untouched (sd_eval runs it)
+    try:
+        run_dscore(sys.argv[1:])
+    except ToolNotFoundError as err:
+        print(f"dscore: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -131,7 +131,7 @@ def read_expdir(expdir: str | Path) -> Experiment:
 # ------------------------------------------- one model from its expdirs (c)
 
 def _mean_over_folds(runs: list[Experiment]) -> Experiment:
-    """ER: SUPERB averages the test accuracy of the IEMOCAP folds (s3prl docs/superb.md)."""
+    """ER: SUPERB averages the test accuracy of the IEMOCAP folds (s3prl downstream/docs/superb.md)."""
     folds = [run.fold for run in runs]
     if None in folds or len(set(folds)) != len(folds):
         raise ValueError(f"ER expdirs {[str(r.path) for r in runs]} need distinct "
@@ -142,7 +142,7 @@ def _mean_over_folds(runs: list[Experiment]) -> Experiment:
 
 
 def _best_dev_layer(runs: list[Experiment]) -> Experiment:
-    """QbE: the test run of the layer with the best dev MTWV (s3prl docs/superb.md)."""
+    """QbE: the test run of the layer with the best dev MTWV (s3prl downstream/docs/superb.md)."""
     tests = [run for run in runs if run.split == "test"]
     dev = {run.layer: run.metrics["QbE"] for run in runs if run.split == "dev"}
     if not tests:

@@ -24,7 +24,7 @@ line. For a threshold theta, a trial is a detection when its score >= theta:
     ATWV             = TWV of the system's own YES/NO decisions
 
 with C_miss = 100, C_FA = 1, P_target = 0.0008, so beta = 12.49 (the values
-of the MediaEval SWS/QUESST TWV; see docs/tasks/QbE.md). The mean runs over
+of the MediaEval SWS/QUESST TWV; see docs/tasks/qbe.md). The mean runs over
 queries with N_true(q) > 0 (NIST: terms without reference occurrences are not
 scored). A trial the system did not output gets the default score (the
 ``-10`` of superb.md's scoring command) and decision NO, as the official

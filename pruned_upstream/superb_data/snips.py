@@ -35,10 +35,13 @@ import numpy as np
 SAMPLE_RATE = 16000
 SPLITS = ("train", "valid", "test")
 
-# Polly voice names of s3prl's snips.yaml lists -> espeak-ng voice, speed, pitch.
+# Polly voice names of s3prl's snips.yaml lists -> espeak-ng voice, speed, pitch. Train has all 8 of
+# the config's train voices (with 4, a tiny model learned train but never a dev slot in 600 steps).
 SPEAKERS: dict[str, dict[str, tuple[str, int, int]]] = {
     "train": {"Ivy": ("en-us+f2", 165, 60), "Joanna": ("en-us+f5", 160, 50),
-              "Joey": ("en-us+m3", 160, 40), "Justin": ("en-gb+m1", 170, 45)},
+              "Joey": ("en-us+m3", 160, 40), "Justin": ("en-gb+m1", 170, 45),
+              "Kendra": ("en-us+f3", 155, 65), "Kimberly": ("en-gb+f1", 170, 55),
+              "Matthew": ("en-gb-x-gbclan+m2", 160, 35), "Salli": ("en-us+f4", 165, 50)},
     "valid": {"Aditi": ("en-029+f1", 160, 55)},
     "test": {"Brian": ("en-gb-x-rp+m7", 155, 40), "Emma": ("en-gb+f4", 165, 55)},
 }
