@@ -178,3 +178,29 @@ def test_cli_prints_the_label(tmp_path, capsys):
     (tmp_path / "exp" / mtwv.STDLIST).write_text(STDLIST[: len(STDLIST) // 2])  # truncated XML
     assert main(["superb-step", "mtwv", str(tmp_path / "exp"), str(tmp_path / "gt")]) == 1
     assert "unreadable XML" in capsys.readouterr().err
+
+
+def test_the_score_table_marks_our_mtwv(tmp_path, capsys):
+    """A model whose QbE comes from our scorer: QbE* in the table, the note under it, "ours" in JSON."""
+    import json
+
+    from pruned_upstream.commands.score import run_score
+
+    write_groundtruth(tmp_path / "gt")
+    model = tmp_path / "model"
+    for layer, split in ((0, "dev"), (0, "test")):
+        expdir = model / f"QbE_{split}_layer{layer}"
+        expdir.mkdir(parents=True)
+        (expdir / mtwv.STDLIST).write_text(STDLIST)
+        mtwv.score_expdir(expdir, tmp_path / "gt")
+        (expdir / "args_2024-01-01-00-00-00.yaml").write_text(
+            f"downstream: quesst14_dtw\nevaluate_split: {split}\nupstream_layer_selection: {layer}\n")
+    assert run_score(str(model), allow_missing=True) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "QbE*" in table[1].split() and table[-1].startswith("QbE*: MTWV computed by our re-implementation")
+    assert run_score(str(model), allow_missing=True, as_json=True) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["qbe_scorer"] == "ours" and row["points"]["QbE"] > 0
+    (model / "QbE_test_layer0" / "score_twv.log").write_text("actTWV: 0.1  maxTWV: 0.2  Threshold: 1.0\n")
+    assert run_score(str(model), allow_missing=True, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)[0]["qbe_scorer"] == "official"  # the test run's scorer decides

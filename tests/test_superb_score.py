@@ -290,7 +290,8 @@ def test_run_score_table_json_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     wavlm, student = json.loads(out)
-    assert set(wavlm) == {"model", "score", "points", "partial", "missing"}
+    assert set(wavlm) == {"model", "score", "points", "partial", "missing", "qbe_scorer"}
+    assert wavlm["qbe_scorer"] == "given"  # a CSV's value: computed elsewhere
     assert set(wavlm["points"]) == set(TASKS) and wavlm["score"] == pytest.approx(1018.79, abs=0.01)
     assert student["partial"] and student["missing"] == ["ASV", "SD"]
 
