@@ -26,7 +26,8 @@ declare -A DATA_VARS=([PR]=LIBRISPEECH_ROOT [KS]="SPEECH_COMMANDS_ROOT SPEECH_CO
     [IC]=FLUENT_COMMANDS_ROOT [SID]=VOXCELEB1_ROOT [ER]=IEMOCAP_ROOT
     [ASR]="LIBRISPEECH_ROOT LIBRISPEECH_BUCKET_DIR" [QbE]=QUESST14_ROOT [SF]=SNIPS_ROOT
     [ASV]=VOXCELEB1_ROOT [SD]="LIBRI2MIX_SD_DATA DSCORE_ROOT")
-ER_FOLDS=(fold1 fold2 fold3 fold4 fold5)  # IEMOCAP sessions, each the test set once (s3prl superb.md)
+# IEMOCAP sessions, each the test set once (s3prl superb.md); ER_FOLDS="fold1" runs fewer (a demo's reduced protocol)
+read -r -a ER_FOLDS <<< "${ER_FOLDS:-fold1 fold2 fold3 fold4 fold5}"
 UPSTREAM=pruned_wavlm_local
 
 die() { echo "run_superb.sh: $*" >&2; exit 2; }
@@ -305,6 +306,7 @@ main() {
     (( $# >= 2 )) || die "usage: $0 UPSTREAM_CKPT OUT_DIR [TASK ...]  (tasks: ${ALL_TASKS[*]})"
     [[ -f $1 || -d $1 ]] || die "upstream checkpoint '$1' does not exist"
     [[ -z ${STEPS_OVERRIDE:-} || $STEPS_OVERRIDE =~ ^[1-9][0-9]*$ ]] || die "STEPS_OVERRIDE='$STEPS_OVERRIDE' is not a positive integer"
+    local fold; for fold in "${ER_FOLDS[@]}"; do [[ $fold =~ ^fold[1-5]$ ]] || die "ER_FOLDS: '$fold' is not fold1 .. fold5"; done
     local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     CKPT=$(realpath "$1"); OUT=$(realpath -m "$2"); shift 2
     [[ $OUT != *[[:space:]]* ]] || die "OUT_DIR '$OUT' contains whitespace"

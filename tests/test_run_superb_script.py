@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_superb.sh"
 BEST = {"ASR": "dev-clean-best.ckpt", "SD": "best-states-dev.ckpt"}  # s3prl experts' log_records
 DATA_VARS = sorted({p.env for spec in TASKS.values() for p in spec.data_paths} | {"DSCORE_ROOT"})
-SCRIPT_VARS = ("PRUNED_UPSTREAM", "PYTHON", "DRY_RUN", "STEPS_OVERRIDE", "QBE_LAYERS", "MODEL_NAME", "SUPERB_OVERRIDE")
+SCRIPT_VARS = ("PRUNED_UPSTREAM", "PYTHON", "DRY_RUN", "STEPS_OVERRIDE", "QBE_LAYERS", "MODEL_NAME", "SUPERB_OVERRIDE",
+               "ER_FOLDS")
 
 
 def clean_env(**extra: str) -> dict:
@@ -196,3 +197,13 @@ def test_ks_trains_tests_and_scores(tmp_path):
     again = run_script([ckpt, out, "KS"], env, timeout=120)
     assert again.returncode == 0 and "KS: result present, skipped" in again.stdout
     assert modes == [yaml.safe_load(p.read_text())["mode"] for p in sorted((out / "KS").glob("args_*.yaml"))]
+
+
+def test_er_folds_can_be_reduced_and_are_checked(dry):
+    ckpt, out, env = dry
+    proc = run_script([ckpt, out, "ER"], {**env, "ER_FOLDS": "fold2"})
+    assert proc.returncode == 0, proc.stderr
+    trains = superb_runs(commands(proc.stdout), "train")
+    assert [option(c, "-p") for c in trains] == [str(out / "ER_fold2")]
+    bad = run_script([ckpt, out, "ER"], {**env, "ER_FOLDS": "fold6"})
+    assert bad.returncode == 2 and "ER_FOLDS: 'fold6' is not fold1 .. fold5" in bad.stderr
