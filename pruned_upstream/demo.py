@@ -1,8 +1,8 @@
 """`pruned-upstream demo`: the embedded default, end to end, on CPU, with no download.
 
     corpus (espeak-ng) -> tiny random teacher -> distil + prune -> export -> bench
-        -> s3prl keyword spotting with the exported upstream (and with the teacher)
-        -> report.md + plots in OUT
+        -> the ten SUPERB tasks through s3prl's runner, teacher and pruned model, on small
+           data in the real layouts (demo_superb.py) -> report.md + plots + superb_score.json in OUT
 
 Every step writes into OUT, so a crash loses nothing that was finished, and a
 second run reuses the corpus.
@@ -91,8 +91,8 @@ def base_size_bench(quick: bool) -> dict:
 
     torch_seed(0)
     dense, pruned = WavLM(preset("base")).eval(), WavLM(synthetic_arch(0.8)).eval()
-    seconds = 2.0 if quick else 10.0
-    times = measure_speeds([dense, pruned], seconds, repeats=2 if quick else 5, threads=1)
+    seconds = 2.0 if quick else 4.0
+    times = measure_speeds([dense, pruned], seconds, repeats=2 if quick else 3, threads=1)
     return {
         "seconds_of_audio": seconds,
         "dense": {"params": dense.num_params(), "gmacs_per_s": gmacs_per_second(dense.arch, seconds), "s": times[0]},
@@ -165,97 +165,37 @@ def layer_study(out: Path, model_path: Path, corpus: Path, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, summary: dict, speed: dict, base: dict, ks: dict, plots: list[Path],
-                 quick: bool, layer_table: str | None = None) -> Path:
-    t, m = speed["teacher"], speed["model"]
-    bd, bp = base["dense"], base["pruned"]
-    lines = [
-        "# pruned-upstream demo",
-        "",
-        "A small WavLM teacher with fixed random weights, distilled and pruned on a",
-        "synthesized (espeak-ng) corpus, exported, benchmarked, and evaluated on a",
-        "keyword-spotting task through s3prl's own downstream runner.",
-        "",
-        "## Pruning",
-        "",
-        f"- target sparsity {summary.get('target_sparsity'):.3f}, realised (deterministic masks) "
-        f"{summary.get('sparsity'):.4f}, expected {summary.get('expected_sparsity', float('nan')):.4f}",
-        f"- steps: {summary.get('steps')}",
-        "",
-        "## Size and speed (CPU, 2 threads)",
-        "",
-        "| model | parameters | GMACs per s of audio | seconds per "
-        f"{speed['seconds_of_audio']:.0f} s of audio |",
-        "| --- | ---: | ---: | ---: |",
-        f"| teacher | {t['params']:,} | {t['gmacs_per_s']:.3f} | {speed['teacher_s']:.4f} |",
-        f"| pruned | {m['params']:,} | {m['gmacs_per_s']:.3f} | {speed['model_s']:.4f} |",
-        "",
-        f"Speed-up {speed['speedup']:.2f}x; MACs ratio {t['gmacs_per_s'] / m['gmacs_per_s']:.2f}x. "
-        "At this toy size the timings are dominated by per-call overhead; the next table is the",
-        "same comparison at WavLM Base size.",
-        "",
-        "## At WavLM Base size (synthetic 80 % pruning, random weights, CPU, 1 thread)",
-        "",
-        f"| model | parameters | GMACs per s of audio | seconds per {base['seconds_of_audio']:.0f} s of audio |",
-        "| --- | ---: | ---: | ---: |",
-        f"| dense WavLM Base | {bd['params']:,} | {bd['gmacs_per_s']:.3f} | {bd['s']:.3f} |",
-        f"| pruned to 0.8 | {bp['params']:,} | {bp['gmacs_per_s']:.3f} | {bp['s']:.3f} |",
-        "",
-        f"Speed-up {bd['s'] / bp['s']:.2f}x; MACs ratio {bd['gmacs_per_s'] / bp['gmacs_per_s']:.2f}x "
-        "(`pruned-upstream bench --synthetic-sparsity 0.8`; docs/performance.md).",
-        "",
-        "## Keyword spotting through s3prl (SUPERB KS task code, demo corpus)",
-        "",
-        "| upstream | test accuracy (%) |",
-        "| --- | ---: |",
-    ]
-    lines += [f"| {k} | {v:.2f} |" if v is not None else f"| {k} | - |" for k, v in ks.items()]
-    if ks.get("pruned") is not None:
-        from .superb.score import superb_score
-
-        partial = superb_score({"KS": ks["pruned"]}, "paper", allow_missing=True)
-        lines += ["", f"SUPERB score line (paper convention, KS only, partial): {partial.score:.1f} "
-                  f"({partial.points['KS']:.1f} KS points; the demo corpus is not Speech Commands, so the "
-                  "number only shows the pipeline works)."]
-    if layer_table:
-        lines += ["", "## Layers on demand: which layers to drop (docs/layers.md)", "", layer_table]
-    if quick:
-        lines[1:1] = ["", "_A --quick run: too few steps to reach the target sparsity; run `make demo` for the real one._"]
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
-    report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
-
-
 def run_demo(out: str = "demo_out", quick: bool = False, layers: bool = False) -> int:
     out = Path(out).resolve()  # s3prl's runner works from its own directory
     out.mkdir(parents=True, exist_ok=True)
-    t0 = _step("1/7 corpus: synthesized speech with espeak-ng")
+    n = 8 if layers else 7
+    t0 = _step(f"1/{n} corpus: synthesized speech with espeak-ng")
     manifest = make_corpus(out)
-    _step("2/7 distil and prune the student (tiny random teacher)")
+    _step(f"2/{n} distil and prune the student (tiny random teacher)")
     run_dir = prune(out, manifest, quick)
-    _step("3/7 export the compact model")
+    _step(f"3/{n} export the compact model")
     model_path, teacher_path, summary = export_models(out, run_dir)
     print(f"wrote {model_path} (sparsity {summary['sparsity']:.4f}, target {summary['target_sparsity']})")
-    _step("4/7 bench against the teacher, and at WavLM Base size")
+    _step(f"4/{n} bench against the teacher, and at WavLM Base size")
     speed = bench(model_path, teacher_path, quick)
     base = base_size_bench(quick)
     print(json.dumps({"demo": speed, "base_size": base}))
-    _step("5/7 plots")
+    _step(f"5/{n} plots")
     from .plots import plot_run
 
     plot_run(run_dir)
     plots = sorted((run_dir / "plots").glob("*.png"))
-    _step("6/7 keyword spotting through s3prl's runner")
-    steps = 20 if quick else 200
-    ks = {
-        "teacher": keyword_spotting(out, manifest.parent, teacher_path, "teacher", steps),
-        "pruned": keyword_spotting(out, manifest.parent, model_path, "pruned", steps),
-    }
+    _step(f"6/{n} the ten SUPERB tasks through s3prl's runner, teacher and pruned model (small data)")
+    from .demo_superb import ten_tasks
+
+    superb = ten_tasks(out, {"teacher": teacher_path, "pruned": model_path}, quick)
     table = None
     if layers:
-        _step("7/7 layers on demand: truncation vs uniform vs importance")
-        table = layer_study(out, model_path, manifest.parent, steps)
-    report = write_report(out, summary, speed, base, ks, plots, quick, table)
+        _step(f"7/{n} layers on demand: truncation vs uniform vs importance")
+        table = layer_study(out, model_path, manifest.parent, 20 if quick else 200)
+    _step(f"{n}/{n} report")
+    from .demo_report import write_report
+
+    report = write_report(out, summary, speed, base, superb, plots, quick, table, time.perf_counter() - t0)
     print(f"\nreport: {report}  ({time.perf_counter() - t0:.0f} s in all)")
     return 0

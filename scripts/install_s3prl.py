@@ -62,6 +62,7 @@ def unpack(archive: Path, dest_root: Path) -> Path:
         if not top.is_dir():
             dest_root.mkdir(parents=True, exist_ok=True)
             tar.extractall(dest_root, filter="data")
+            print(f"install_s3prl: {archive.name} unpacked at {top}")
     return top
 
 
@@ -97,7 +98,7 @@ def main() -> int:
     venv = Path(args.venv).resolve()
     python, src = str(venv / "bin" / "python"), venv / "src"
     if os.environ.get("DSCORE_ROOT", "").endswith((".tar.gz", ".tgz")):
-        print(f"install_s3prl: dscore unpacked at {tree_from(os.environ['DSCORE_ROOT'], src)}")
+        tree_from(os.environ["DSCORE_ROOT"], src)  # the venv's copy: what tests and the demo fall back to
     current = package_dir(python)
     if os.environ.get("S3PRL_SRC"):
         tree = tree_from(os.environ["S3PRL_SRC"], src)

@@ -33,7 +33,7 @@ LAYERS = (
     ("measurements and data", 3, ("speed", "synthetic_pruning", "model_report", "analysis", "data",
                                   "superb_data", "s3prl_plugin")),
     ("training", 4, ("training",)),
-    ("reports and demo", 5, ("plots", "demo")),
+    ("reports and demo", 5, ("plots", "demo", "demo_superb", "demo_report")),
     ("command line", 6, ("commands", "cli")),
 )
 # What the s3prl upstream may reach (transitively): a SUPERB user needs the model and its file.

@@ -1,0 +1,115 @@
+"""The demo's ten SUPERB tasks: small data in the real layouts, s3prl's runner for each upstream, the score.
+
+    result = ten_tasks(out, {"teacher": teacher.safetensors, "pruned": model.safetensors}, quick=False)
+
+The tasks run through the shipped `run_superb.sh` (the same script users run on
+the real corpora) with the small data of `superb_data.bundle` and a reduced
+protocol (`REDUCED`): few training steps, IEMOCAP's first fold only, two QbE
+layers, one ASV checkpoint. A task whose needs are missing here (s3prl's source
+tree, dscore) is named with what would provide it, and the others still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .shipped import shipped_dir
+
+TASKS = ("PR", "KS", "IC", "SID", "ER", "ASR", "QbE", "SF", "ASV", "SD")
+REDUCED = ("every task trains {steps} steps (SUPERB: 20k to 200k); ER runs IEMOCAP's first fold only "
+           "(SUPERB: the mean of five); QbE runs the first and the last hidden state (SUPERB: every layer, "
+           "the best by dev MTWV); ASV tests its one saved checkpoint (SUPERB: every 20k steps, the lowest "
+           "EER); SD scores s3prl's full score.sh grid; QbE uses our MTWV (no official scorer in small data)")
+
+
+@dataclasses.dataclass
+class TenTasks:
+    """What the demo reports: per upstream the score JSON row and metrics; tasks that could not run."""
+
+    rows: dict[str, dict]  # upstream -> {"score", "points", "partial", "missing", "qbe_scorer"}
+    metrics: dict[str, dict[str, float]]  # upstream -> metric -> value (references.METRICS units)
+    unavailable: dict[str, str]  # task -> why, and how to get it
+    seconds: dict[str, float]  # upstream -> wall time of its ten tasks
+    protocol: str
+
+
+def dscore_root() -> str | None:
+    """DSCORE_ROOT, else the copy `make install` unpacked into the venv; None when neither exists."""
+    if os.environ.get("DSCORE_ROOT"):
+        return os.environ["DSCORE_ROOT"]
+    found = sorted((Path(sys.prefix) / "src").glob("dscore-*/score.py"))
+    return str(found[-1].parent) if found else None
+
+
+def unavailable_tasks(bundle) -> dict[str, str]:
+    """Tasks whose preflight finds something missing (s3prl's source tree, packages, dscore), with remedies."""
+    from .s3prl_plugin import preflight as pf
+
+    root = pf.installed_s3prl_root()
+    if root is None:
+        return {task: "s3prl is not installed: pip install -e '.[superb]' (make install)" for task in TASKS}
+    out = {}
+    for task in TASKS:
+        config = pf.effective_config(task, root, bundle.overrides.get(task), environ={**os.environ, **bundle.env})
+        problems = pf.preflight(task, root, config)
+        if problems:
+            out[task] = pf.format_problems(problems, task).replace("\n", " ")
+    if "SD" not in out and dscore_root() is None:
+        out["SD"] = ("SD's DER needs dscore: set DSCORE_ROOT to a clone of https://github.com/ftshijt/dscore "
+                     "(or a .tar.gz of it) and run `make install` again")
+    return out
+
+
+def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe_layers: str) -> float:
+    """scripts/run_superb.sh for one upstream on the small data; returns its wall time (s)."""
+    env = {**os.environ, **bundle.env, **{f"SUPERB_OVERRIDE_{t}": o for t, o in bundle.overrides.items()},
+           "PRUNED_UPSTREAM": f"{sys.executable} -m pruned_upstream.cli", "PYTHON": sys.executable,
+           "MODEL_NAME": name, "ER_FOLDS": "fold1", "QBE_LAYERS": qbe_layers}
+    if dscore_root():
+        env["DSCORE_ROOT"] = dscore_root()
+    start = time.perf_counter()
+    proc = subprocess.run(["bash", str(shipped_dir("scripts") / "run_superb.sh"), str(ckpt), str(out), *tasks],
+                          env=env, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        print(f"demo: some SUPERB task of the {name} upstream failed (exit {proc.returncode}); "
+              f"the table shows what completed, {out}/*/stdout.log says why", flush=True)
+    return time.perf_counter() - start
+
+
+def hidden_states(ckpt: Path) -> int:
+    from .checkpoints import load_model
+
+    return load_model(ckpt).num_layers + 1
+
+
+def ten_tasks(out: Path, upstreams: dict[str, Path], quick: bool) -> TenTasks:
+    """Every task for every upstream on the small data; scored in the paper's convention."""
+    from .superb.results import read_results
+    from .superb.table import score_models, to_json
+    from .superb_data.bundle import make_small_superb
+
+    steps = 4 if quick else 40
+    bundle = make_small_superb(out / "superb_data", seed=0, steps=steps)
+    unavailable = unavailable_tasks(bundle)
+    for task, why in unavailable.items():
+        print(f"demo: {task} cannot run here: {why}", flush=True)
+    tasks = [t for t in TASKS if t not in unavailable]
+    rows, metrics, seconds = {}, {}, {}
+    for name, ckpt in upstreams.items():
+        print(f"\n-- the ten SUPERB tasks, {name} upstream ({', '.join(tasks) or 'none runnable'})", flush=True)
+        target = out / "superb" / name
+        qbe_layers = f"0,{hidden_states(ckpt) - 1}"
+        seconds[name] = run_upstream(name, ckpt, target, bundle, tasks, qbe_layers) if tasks else 0.0
+        view = target / "scored" / name
+        models = read_results(view) if view.is_dir() else []
+        if models:  # partial when a task is missing: the row says which
+            rows[name] = json.loads(to_json(score_models(models, "paper", allow_missing=True)))[0]
+            metrics[name] = dict(models[0].metrics)
+    (out / "superb_score.json").write_text(json.dumps(list(rows.values())) + "\n")
+    return TenTasks(rows, metrics, unavailable, seconds, REDUCED.format(steps=steps))
