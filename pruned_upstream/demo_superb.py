@@ -11,11 +11,14 @@ tree, dscore) is named with what would provide it, and the others still run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,11 +69,33 @@ def unavailable_tasks(bundle) -> dict[str, str]:
     return out
 
 
-def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe_layers: str) -> float:
+@contextlib.contextmanager
+def fork_server(out: Path):
+    """commands/fork_server.py for the demo's runs: torch and s3prl imported once, not ~60 times."""
+    path = Path(tempfile.mkdtemp(prefix="pu-fork-")) / "socket"
+    log = open(out / "fork_server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "pruned_upstream.commands.fork_server", str(path)],
+                            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the fork server did not start: {out / 'fork_server.log'}")
+        yield str(path)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe_layers: str,
+                 server: str | None) -> float:
     """scripts/run_superb.sh for one upstream on the small data; returns its wall time (s)."""
+    client = "pruned_upstream.commands.fork_client" if server else "pruned_upstream.cli"
     env = {**os.environ, **bundle.env, **{f"SUPERB_OVERRIDE_{t}": o for t, o in bundle.overrides.items()},
-           "PRUNED_UPSTREAM": f"{sys.executable} -m pruned_upstream.cli", "PYTHON": sys.executable,
+           "PRUNED_UPSTREAM": f"{sys.executable} -m {client}", "PYTHON": sys.executable,
            "MODEL_NAME": name, "ER_FOLDS": "fold1", "QBE_LAYERS": qbe_layers}
+    if server:
+        env["PRUNED_UPSTREAM_FORK_SERVER"] = server
     if dscore_root():
         env["DSCORE_ROOT"] = dscore_root()
     start = time.perf_counter()
@@ -101,12 +126,14 @@ def ten_tasks(out: Path, upstreams: dict[str, Path], quick: bool) -> TenTasks:
         print(f"demo: {task} cannot run here: {why}", flush=True)
     tasks = [t for t in TASKS if t not in unavailable]
     rows, metrics, seconds = {}, {}, {}
-    for name, ckpt in upstreams.items():
-        print(f"\n-- the ten SUPERB tasks, {name} upstream ({', '.join(tasks) or 'none runnable'})", flush=True)
-        target = out / "superb" / name
-        qbe_layers = f"0,{hidden_states(ckpt) - 1}"
-        seconds[name] = run_upstream(name, ckpt, target, bundle, tasks, qbe_layers) if tasks else 0.0
-        view = target / "scored" / name
+    with fork_server(out) if tasks else contextlib.nullcontext() as server:
+        for name, ckpt in upstreams.items():
+            print(f"\n-- the ten SUPERB tasks, {name} upstream ({', '.join(tasks) or 'none runnable'})", flush=True)
+            qbe_layers = f"0,{hidden_states(ckpt) - 1}"
+            target = out / "superb" / name
+            seconds[name] = run_upstream(name, ckpt, target, bundle, tasks, qbe_layers, server) if tasks else 0.0
+    for name in upstreams:
+        view = out / "superb" / name / "scored" / name
         models = read_results(view) if view.is_dir() else []
         if models:  # partial when a task is missing: the row says which
             rows[name] = json.loads(to_json(score_models(models, "paper", allow_missing=True)))[0]

@@ -33,8 +33,8 @@ LAYERS = (
     ("measurements and data", 3, ("speed", "synthetic_pruning", "model_report", "analysis", "data",
                                   "superb_data", "s3prl_plugin")),
     ("training", 4, ("training",)),
-    ("reports and demo", 5, ("plots", "demo", "demo_superb", "demo_report")),
-    ("command line", 6, ("commands", "cli")),
+    ("reports", 5, ("plots",)),
+    ("command line and demo", 6, ("commands", "cli", "demo", "demo_superb", "demo_report")),
 )
 # What the s3prl upstream may reach (transitively): a SUPERB user needs the model and its file.
 UPSTREAM_REACH = ("s3prl_plugin.expert", "s3prl_plugin.hubconf", "model", "arch", "gating", "checkpoints", "__init__")
