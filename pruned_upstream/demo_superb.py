@@ -71,11 +71,14 @@ def unavailable_tasks(bundle) -> dict[str, str]:
 
 @contextlib.contextmanager
 def fork_server(out: Path):
+    from .superb_data.bundle import FAST_ENV
+
     """commands/fork_server.py for the demo's runs: torch and s3prl imported once, not ~60 times."""
     path = Path(tempfile.mkdtemp(prefix="pu-fork-")) / "socket"
     log = open(out / "fork_server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "pruned_upstream.commands.fork_server", str(path)],
-                            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **FAST_ENV})  # read by torch and joblib at import
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the fork server did not start: {out / 'fork_server.log'}")
@@ -90,10 +93,11 @@ def fork_server(out: Path):
 def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe_layers: str,
                  server: str | None) -> float:
     """scripts/run_superb.sh for one upstream on the small data; returns its wall time (s)."""
+    from .superb_data.bundle import run_env
+
     client = "pruned_upstream.commands.fork_client" if server else "pruned_upstream.cli"
-    env = {**os.environ, **bundle.env, **{f"SUPERB_OVERRIDE_{t}": o for t, o in bundle.overrides.items()},
-           "PRUNED_UPSTREAM": f"{sys.executable} -m {client}", "PYTHON": sys.executable,
-           "MODEL_NAME": name, "ER_FOLDS": "fold1", "QBE_LAYERS": qbe_layers}
+    env = run_env(bundle, {"PRUNED_UPSTREAM": f"{sys.executable} -m {client}", "PYTHON": sys.executable,
+                           "MODEL_NAME": name, "ER_FOLDS": "fold1", "QBE_LAYERS": qbe_layers})
     if server:
         env["PRUNED_UPSTREAM_FORK_SERVER"] = server
     if dscore_root():

@@ -84,10 +84,25 @@ def _resolve(name: str, current: str, level: int) -> str | None:
     return full or "__init__"
 
 
+def dynamic_import_strings(tree: ast.Module) -> set[ast.Constant]:
+    """String constants that name a module to import: arguments of import_module(...), values of a
+    module-level NAME_MODULE = "..." or _WHERE = {...}. A module run as a subprocess is not imported."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            found |= {n for arg in node.args for n in ast.walk(arg) if isinstance(n, ast.Constant)}
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and (t.id.endswith("_MODULE") or t.id == "_WHERE") for t in targets):
+                found |= {n for n in ast.walk(node.value) if isinstance(n, ast.Constant)}
+    return found
+
+
 def imports_of(name: str) -> tuple[set[str], set[str]]:
     """(our modules, top-level third-party names) that module `name` imports anywhere in its source."""
     tree = ast.parse(modules()[name].read_text())
-    ours, third = set(), set()
+    ours, third, dynamic = set(), set(), dynamic_import_strings(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -101,7 +116,7 @@ def imports_of(name: str) -> tuple[set[str], set[str]]:
             for alias in node.names:  # `from . import run_dir`: the submodule itself
                 sub = f"{target}.{alias.name}" if target != "__init__" else alias.name
                 ours.add(sub if sub in modules() else target)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node in dynamic:
             text = node.value  # importlib.import_module("pruned_upstream....") and __init__'s _WHERE
             if text.startswith("pruned_upstream.") and text.removeprefix("pruned_upstream.") in modules():
                 ours.add(text.removeprefix("pruned_upstream."))
