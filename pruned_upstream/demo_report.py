@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .demo_superb import CHANCE
 from .superb.references import METRIC_INFO, METRICS
 
 
@@ -72,10 +73,12 @@ def superb_section(superb) -> list[str]:
     names = list(superb.rows) or ["teacher", "pruned"]
     lines = ["", "## The ten SUPERB tasks through s3prl (small data, reduced protocol)", "",
              "| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    lines[-2:] = ["| metric | " + " | ".join(names) + " | chance |", "| --- |" + " ---: |" * (len(names) + 1)]
     for metric in METRICS:
         unit = METRIC_INFO[metric][0]
+        chance = f"{CHANCE[metric]:.1f}" if metric in CHANCE else ""
         lines.append(f"| {metric} ({unit}) | " + " | ".join(_cell(superb.metrics.get(n, {}), metric) for n in names)
-                     + " |")
+                     + f" | {chance} |")
     lines += ["", "| SUPERB score (paper convention) | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     row = []
     for name in names:
@@ -87,6 +90,8 @@ def superb_section(superb) -> list[str]:
         lines.append("QbE: MTWV computed by our re-implementation of the QUESST 2014 TWV "
                      "(pruned_upstream/superb/mtwv.py), not QUESST14's official scorer.")
     lines += [f"Reduced protocol: {superb.protocol}.",
+              "Chance: the accuracy of a uniform guess over the test set's classes, for the tasks whose "
+              "labels the small data makes learnable (KS, IC, SID, ER).",
               "The models are tiny and the data sets are a few dozen synthetic utterances: the numbers show "
               "that every task's data, training, evaluation and scoring run end to end, not what the method "
               "achieves. Scores as JSON: superb_score.json (the `score --json` format)."]

@@ -21,12 +21,21 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert 0.0 < summary["sparsity"] < 1.0
     for png in ("mask_trajectories", "kept_params_per_layer", "sparsity"):
         assert f"run/plots/{png}.png" in report and (out / "run" / "plots" / f"{png}.png").stat().st_size > 1000
-    # the KS step ran through s3prl's runner for both upstreams and the score parser read it back
-    assert (out / "superb" / "ks_pruned" / "stdout.log").exists()
-    ks_lines = [line for line in report.splitlines() if line.startswith(("| teacher |", "| pruned |"))]
-    assert len(ks_lines) == 4 and all(line.split("|")[-2].strip() not in ("-", "") for line in ks_lines)
-    assert "SUPERB score line" in report
-
+    # the ten SUPERB tasks ran through s3prl's runner for both upstreams, and the score file says so
+    rows = json.loads((out / "superb_score.json").read_text())
+    assert [r["model"] for r in rows] == ["teacher", "pruned"]
+    for row in rows:
+        assert not row["partial"] and set(row["points"]) == {
+            "PR", "KS", "IC", "SID", "ER", "ASR", "QbE", "SF", "ASV", "SD"}
+        assert row["qbe_scorer"] == "ours"
+    for task in ("PR", "KS", "SID", "ER_fold1", "ASV", "SD"):
+        assert (out / "superb" / "pruned" / task / "stdout.log").is_file(), task
+    table = report[report.index("## The ten SUPERB tasks"):]
+    metric_rows = [line for line in table.splitlines() if line.startswith("| ") and "(" in line.split("|")[1]]
+    assert len(metric_rows) == 11  # SF has two metrics
+    assert all(cell.strip() not in ("-", "") for line in metric_rows for cell in line.split("|")[2:4])
+    assert f"| score | {rows[0]['score']:.1f} | {rows[1]['score']:.1f} |" in table
+    assert "Reduced protocol" in table and "not QUESST14's official scorer" in table
 
 def test_demo_says_how_to_install_espeak_when_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on the PATH
