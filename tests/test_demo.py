@@ -41,3 +41,21 @@ def test_demo_says_how_to_install_espeak_when_missing(tmp_path, monkeypatch, cap
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on the PATH
     assert main(["demo", "--out", str(tmp_path / "d"), "--quick"]) != 0
     assert "apt-get install espeak-ng" in capsys.readouterr().err
+
+
+def test_without_s3prl_source_tree_the_demo_names_what_is_missing(tmp_path, monkeypatch):
+    """An s3prl without the files of its source tree (the PyPI sdist): those tasks are named, with the remedy."""
+    from pruned_upstream.demo_superb import unavailable_tasks
+    from pruned_upstream.s3prl_plugin import preflight
+    from pruned_upstream.superb_data.bundle import SmallSuperb
+
+    sdist = tmp_path / "s3prl"  # a package directory with nothing of the source tree
+    (sdist / "downstream").mkdir(parents=True)
+    monkeypatch.setattr(preflight, "installed_s3prl_root", lambda: sdist)
+    monkeypatch.setenv("DSCORE_ROOT", str(tmp_path / "dscore"))
+    bundle = SmallSuperb(root=tmp_path, seed=0, steps=1, env={}, overrides={}, reused=False)
+    missing = unavailable_tasks(bundle)
+    for task in ("PR", "SF", "ASR", "SID", "ER", "ASV"):
+        assert task in missing and "git clone" in missing[task], task
+    monkeypatch.setattr(preflight, "installed_s3prl_root", lambda: None)
+    assert all("s3prl is not installed" in why for why in unavailable_tasks(bundle).values())
