@@ -20,7 +20,6 @@ Standard library only: it runs before anything else is importable.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
