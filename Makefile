@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT    ?= demo_out
 
-.PHONY: demo test test-fast install system-deps clean
+.PHONY: demo test test-fast test-learning install system-deps clean
 
 install: $(STAMP)
 
@@ -42,7 +42,11 @@ test: system-deps $(STAMP)
 
 # The fast set alone (no demo, SIGKILL/resume, torchrun or s3prl runs): a minute or two.
 test-fast: system-deps $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not learning" $(PYTEST_ARGS)
+
+# The learnability measurements of the small SUPERB data (minutes each; figures in docs/tasks/*.md).
+test-learning: system-deps $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m learning $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

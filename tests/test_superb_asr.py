@@ -5,14 +5,13 @@ preprocess/generate_len_for_bucket.py; one slow run trains a tiny WavLM's
 downstream for a few steps through `pruned_upstream.cli superb`, evaluates the
 checkpoint the protocol picks (dev-clean-best.ckpt, else the last states-N.ckpt
 as scripts/run_superb.sh does) on test-clean, and the WER `read_expdir` reads is
-checked against the hyp/ref files s3prl wrote. SUPERB_LEARNING=1 adds a longer
+checked against the hyp/ref files s3prl wrote. `make test-learning` (pytest -m learning) adds a longer
 run (minutes) that must beat s3prl's initial best and write dev-clean-best.ckpt.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from pruned_upstream.superb_data.librispeech import DEFAULT_SPLITS, build_libris
 STEPS = 4
 SIZES = {"train-clean-100": 3, "dev-clean": 2, "test-clean": 2}
 SPLIT_INDEX = {"train-clean-100": 0, "dev-clean": 3, "test-clean": 5}  # the script's menu (its SETS list)
-LEARNING = os.environ.get("SUPERB_LEARNING") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +148,7 @@ def test_hyp_and_ref_files_hold_every_test_utterance_and_give_the_wer(run, corpu
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LEARNING, reason="opt-in measurement: SUPERB_LEARNING=1 (a few minutes)")
+@pytest.mark.learning  # a measurement of minutes: `make test-learning`
 def test_a_longer_run_beats_s3prl_initial_best_and_writes_dev_clean_best(corpus, tmp_path):
     """Measured once for docs/tasks/asr.md: learnable labels, best checkpoint written."""
     steps = 300

@@ -6,13 +6,12 @@ IEMOCAP's layout with its EmoEvaluation label files; s3prl's own
 (test = that session) trains a few steps through ``pruned-upstream superb``,
 is evaluated from its checkpoint with ``-m evaluate -e``, and the SUPERB ER
 number is the mean of the five test accuracies as ``read_results`` computes
-it. ``SUPERB_LEARNABILITY=1`` adds an opt-in longer run that checks one fold
+it. ``make test-learning`` (pytest -m learning) adds a longer run that checks one fold
 beats chance (its numbers: docs/tasks/er.md).
 """
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -118,7 +117,7 @@ def test_er_five_folds_train_evaluate_and_average(iemocap, folds):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SUPERB_LEARNABILITY") != "1", reason="opt-in: SUPERB_LEARNABILITY=1")
+@pytest.mark.learning  # a measurement of minutes: `make test-learning`
 def test_er_learns_above_chance(tmp_path):
     data = make_iemocap(tmp_path / "IEMOCAP_full_release", per_emotion=4, seed=1)
     run_s3prl_preprocess(data.root)

@@ -6,14 +6,13 @@ through `pruned_upstream.cli superb`, evaluates the checkpoint the protocol
 picks (dev-best.ckpt, else the last states-N.ckpt as scripts/run_superb.sh
 does) on test, and the slot-type F1 and slot-value CER `read_expdir` reads are
 checked against s3prl's metric functions applied to the hyp/ref files it wrote.
-SUPERB_LEARNING=1 adds a longer run (minutes) that must beat s3prl's initial
+`make test-learning` (pytest -m learning) adds a longer run (minutes) that must beat s3prl's initial
 best and write dev-best.ckpt.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from pruned_upstream.superb_data.snips import SPEAKERS, build_snips
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 SIZES = {"train": 7, "valid": 3, "test": 3}
-LEARNING = os.environ.get("SUPERB_LEARNING") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +192,7 @@ def test_hyp_and_ref_files_hold_every_test_utterance_and_give_the_metrics(run, c
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LEARNING, reason="opt-in measurement: SUPERB_LEARNING=1 (a few minutes)")
+@pytest.mark.learning  # a measurement of minutes: `make test-learning`
 def test_a_longer_run_beats_s3prl_initial_best_and_writes_dev_best(corpus, tmp_path):
     """Measured once for docs/tasks/sf.md: learnable slots, best checkpoint written."""
     steps = 600

@@ -4,14 +4,13 @@ The data (pruned_upstream/superb_data/voxceleb1.py) is espeak-ng speech in
 VoxCeleb1's layout with VGG's ``iden_split.txt`` format; the runs are s3prl's
 own runner through ``pruned-upstream superb``: train a few steps, evaluate the
 saved checkpoint with ``-m evaluate -e``, read the accuracy with
-``read_expdir``. ``SUPERB_LEARNABILITY=1`` adds an opt-in longer run that
+``read_expdir``. ``make test-learning`` (pytest -m learning) adds a longer run that
 checks the accuracy beats chance (its numbers: docs/tasks/sid.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -107,7 +106,7 @@ def test_sid_trains_evaluates_and_scores(sid):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SUPERB_LEARNABILITY") != "1", reason="opt-in: SUPERB_LEARNABILITY=1")
+@pytest.mark.learning  # a measurement of minutes: `make test-learning`
 def test_sid_learns_above_chance(tmp_path):
     data = make_voxceleb1(tmp_path / "VoxCeleb1", n_dev=4, n_test=2, train_videos=4, per_video=3)
     run = run_sid(tmp_path, data, steps=300, lr=1e-2)
