@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .s3prl_plugin.third_party import configured_dscore
 from .shipped import shipped_dir
 
 TASKS = ("PR", "KS", "IC", "SID", "ER", "ASR", "QbE", "SF", "ASV", "SD")
@@ -48,14 +49,6 @@ class TenTasks:
     protocol: str
 
 
-def dscore_root() -> str | None:
-    """DSCORE_ROOT, else the copy `make install` unpacked into the venv; None when neither exists."""
-    if os.environ.get("DSCORE_ROOT"):
-        return os.environ["DSCORE_ROOT"]
-    found = sorted((Path(sys.prefix) / "src").glob("dscore-*/score.py"))
-    return str(found[-1].parent) if found else None
-
-
 def unavailable_tasks(bundle) -> dict[str, str]:
     """Tasks whose preflight finds something missing (s3prl's source tree, packages, dscore), with remedies."""
     from .s3prl_plugin import preflight as pf
@@ -69,7 +62,7 @@ def unavailable_tasks(bundle) -> dict[str, str]:
         problems = pf.preflight(task, root, config)
         if problems:
             out[task] = pf.format_problems(problems, task).replace("\n", " ")
-    if "SD" not in out and dscore_root() is None:
+    if "SD" not in out and configured_dscore() is None:
         out["SD"] = ("SD's DER needs dscore: set DSCORE_ROOT to a clone of https://github.com/ftshijt/dscore "
                      "(or a .tar.gz of it) and run `make install` again")
     return out
@@ -112,8 +105,8 @@ def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe
                            "MODEL_NAME": name, "ER_FOLDS": "fold1", "QBE_LAYERS": qbe_layers})
     if server:
         env["PRUNED_UPSTREAM_FORK_SERVER"] = server
-    if dscore_root():
-        env["DSCORE_ROOT"] = dscore_root()
+    if configured_dscore():
+        env["DSCORE_ROOT"] = configured_dscore()
     start = time.perf_counter()
     proc = subprocess.run(["bash", str(shipped_dir("scripts") / "run_superb.sh"), str(ckpt), str(out), *tasks],
                           env=env, stdin=subprocess.DEVNULL)

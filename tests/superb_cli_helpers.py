@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from pruned_upstream import cli
 from pruned_upstream.s3prl_plugin import caches, preflight
 
@@ -62,3 +64,16 @@ def isolate(task: str, override: str, expdir: Path) -> list[caches.CacheAction]:
 
 def log_lines(path: Path, prefix: str) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.startswith(prefix)]
+
+
+def s3prl_source_root(marker: str) -> Path:
+    """s3prl's installed package directory, which must be a source tree holding ``marker``.
+
+    `make test` installs the tree (S3PRL_SRC or a clone) and refuses to run without it, so a
+    missing file here is a broken install: the test fails with the remedy, it never skips.
+    """
+    root = preflight.installed_s3prl_root()
+    if root is None or not (root / marker).exists():
+        pytest.fail(f"s3prl's source tree is not installed ({marker} missing under {root}): "
+                    "set S3PRL_SRC and run `make install` (docs/environment.md)")
+    return root

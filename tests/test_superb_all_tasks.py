@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from pruned_upstream.s3prl_plugin.third_party import configured_dscore
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.s3prl_plugin.tasks import TASKS as TASK_SPECS
 from pruned_upstream.superb_data.bundle import (STAMP, TASKS, Paths, is_complete, make_small_superb, run_env,
@@ -178,14 +179,11 @@ def test_the_bundle_is_deterministic_and_reused(bundle, tmp_path):
 
 def dscore_root() -> str:
     """DSCORE_ROOT from the environment, else the copy `make install` unpacks into the venv's src/."""
-    value = os.environ.get("DSCORE_ROOT")
-    if value:
-        return value
-    found = sorted(p.parent for p in Path(sys.prefix).glob("src/dscore-*/score.py"))
-    if not found:
+    value = configured_dscore()
+    if value is None:
         pytest.fail("dscore not found: set DSCORE_ROOT to a checkout of github.com/ftshijt/dscore or a .tar.gz of "
                     f"it (`make install` unpacks it into {sys.prefix}/src/dscore-*); SD cannot be scored without it")
-    return str(found[0])
+    return value
 
 
 def package_hashes(package: Path) -> dict[str, str]:

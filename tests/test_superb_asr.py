@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from superb_cli_helpers import s3prl_source_root
+
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.superb_data.librispeech import DEFAULT_SPLITS, build_librispeech
 
@@ -34,10 +36,7 @@ def corpus(tmp_path_factory):
 
 
 def s3prl_root() -> Path:
-    root = pf.installed_s3prl_root()
-    if root is None or not (root / "downstream/asr/char.dict").is_file():
-        pytest.skip("needs s3prl's source tree (downstream/asr/char.dict)")
-    return root
+    return s3prl_source_root("downstream/asr/char.dict")
 
 
 def asr_override(corpus, steps: int = STEPS, *extra: str) -> str:
@@ -66,9 +65,7 @@ def test_length_tables_have_s3prl_columns_and_order(corpus):
 
 
 def test_length_tables_equal_what_s3prl_script_writes(corpus, tmp_path):
-    script = s3prl_root() / "preprocess/generate_len_for_bucket.py"
-    if not script.is_file():
-        pytest.skip("s3prl's preprocess/generate_len_for_bucket.py is not installed")
+    script = s3prl_source_root("preprocess/generate_len_for_bucket.py") / "preprocess/generate_len_for_bucket.py"
     menu = " ".join(str(SPLIT_INDEX[s]) for s in DEFAULT_SPLITS)  # the script asks on stdin
     proc = subprocess.run([sys.executable, str(script), "-i", str(corpus.root), "-o", str(tmp_path), "-a", ".flac",
                            "--n_jobs", "1"], input=menu + "\n", capture_output=True, text=True, timeout=120)

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from superb_cli_helpers import s3prl_source_root
+
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.superb_data.snips import SPEAKERS, build_snips
 
@@ -33,10 +35,7 @@ def corpus(tmp_path_factory):
 
 
 def s3prl_root() -> Path:
-    root = pf.installed_s3prl_root()
-    if root is None or not (root / "downstream/ctc/vocab/character.txt").is_file():
-        pytest.skip("needs s3prl's source tree (downstream/ctc)")
-    return root
+    return s3prl_source_root("downstream/ctc/vocab/character.txt")
 
 
 def sf_override(corpus, steps: int = STEPS, *extra: str) -> str:

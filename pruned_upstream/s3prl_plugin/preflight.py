@@ -159,16 +159,11 @@ def _major_version(module: str) -> int:
     return int(importlib.metadata.version(names[0]).split(".")[0])
 
 
-def _strings(value) -> Iterator[str]:
-    """Every string inside nested dicts and lists."""
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, str):
-        yield value
+def _strings(value) -> list[str]:
+    """Every string inside nested dicts and lists (collected by ``_walk``)."""
+    found: list[str] = []
+    _walk(value, lambda text: found.append(text) or text)
+    return found
 
 
 def replaced_files(task: str, s3prl_root: Path, config: dict) -> set[str]:

@@ -128,6 +128,14 @@ def dscore_root(value: str | None = None, cache_dir: Path | None = None) -> Path
     raise ToolNotFoundError(f"{DSCORE_ENV}={value} does not exist (a clone of {DSCORE_URL}, or a .tar.gz of it)")
 
 
+def configured_dscore() -> str | None:
+    """``$DSCORE_ROOT``, else the copy `make install` unpacked into the venv (``<prefix>/src/dscore-*``)."""
+    if os.environ.get(DSCORE_ENV):
+        return os.environ[DSCORE_ENV]
+    found = sorted(Path(sys.prefix).glob("src/dscore-*/score.py"))
+    return str(found[-1].parent) if found else None
+
+
 def missing_dscore_packages() -> list[str]:
     """The Python packages dscore imports that are not installed here."""
     return [name for name in DSCORE_PACKAGES if importlib.util.find_spec(name) is None]
