@@ -135,12 +135,15 @@ def test_dataset_skips_and_counts_per_reason(audio_dir, caplog):
     files += [audio_dir / "good_a.wav", audio_dir / "rate8k.wav", audio_dir / "sub" / "good_c.wav"]
     with caplog.at_level(logging.WARNING, logger="pruned_upstream.data"):
         ds = AudioDataset(files, crop_samples=SR, min_samples=SR // 2, seed=0)
-    assert len(ds) == 3
+    assert len(ds) == 4  # stereo.wav is down-mixed (mixdown=True by default)
     assert {k: v for k, v in ds.skipped.items() if v} == {
-        "unreadable": 2, "empty": 1, "silent": 2, "nonfinite": 1, "multichannel": 1, "too_short": 1
+        "unreadable": 2, "empty": 1, "silent": 2, "nonfinite": 1, "too_short": 1
     }
-    assert "zeros.wav" in caplog.text and "skipped 8" in caplog.text
-    assert ds.lengths == [SR, SR, SR]  # good_c (2 s) is cropped to 1 s
+    assert "zeros.wav" in caplog.text and "skipped 7" in caplog.text
+    assert ds.lengths.tolist() == [SR, SR, SR, SR]  # good_c (2 s) is cropped to 1 s
+    assert ds.summary() == "audio: 4 files used, 7 skipped (unreadable=2, empty=1, nonfinite=1, silent=2, too_short=1)"
+    strict = AudioDataset(files, crop_samples=SR, min_samples=SR // 2, mixdown=False)
+    assert len(strict) == 3 and strict.skipped["multichannel"] == 1
     assert all(not torch.all(ds[i] == 0) for i in range(len(ds)))
 
 

@@ -25,7 +25,7 @@ TARGET_SR = SAMPLE_RATE  # what the models take
 # recordings peak tens of dB higher; 1e-3 is about 33 quantisation steps.
 SILENCE_PEAK = 1e-3
 
-UNREADABLE = "unreadable"  # missing, not audio, truncated or undecodable
+UNREADABLE = "unreadable"  # missing, not audio, truncated, undecodable, or the read failed (permission, I/O)
 EMPTY = "empty"  # a valid file with no samples
 MULTICHANNEL = "multichannel"  # more than one channel and mixdown=False
 WRONG_RATE = "wrong_rate"  # sample rate differs and resample=False
@@ -87,17 +87,21 @@ def _wav_truncation(path: Path) -> str | None:
 
 
 def _load(path: Path) -> tuple[np.ndarray, int]:
-    """Decode a file to (T, C) float32 and its rate, or raise AudioError(unreadable)."""
-    if not path.is_file():
-        raise AudioError(path, UNREADABLE, "no such file")
-    if path.suffix.lower() == ".wav":
-        truncated = _wav_truncation(path)
-        if truncated:
-            raise AudioError(path, UNREADABLE, truncated)
+    """Decode a file to (T, C) float32 and its rate, or raise AudioError(unreadable).
+
+    An operating-system error (permission denied, an I/O error on a network
+    disk) is `unreadable` too, with the system's message as the detail.
+    """
     try:
+        if not path.is_file():
+            raise AudioError(path, UNREADABLE, "no such file")
+        if path.suffix.lower() == ".wav":
+            truncated = _wav_truncation(path)
+            if truncated:
+                raise AudioError(path, UNREADABLE, truncated)
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
-    except (sf.SoundFileError, RuntimeError) as err:
-        raise AudioError(path, UNREADABLE, str(err)) from err
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise AudioError(path, UNREADABLE, f"{type(err).__name__}: {err}") from err
     return data, sr
 
 
@@ -133,11 +137,13 @@ def read_audio(
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise AudioError(path, NONFINITE, f"{bad} NaN/inf samples of {data.size}")
-    wav = _to_mono(path, data, mixdown)
-    if sr != target_sr:
-        if not resample:
-            raise AudioError(path, WRONG_RATE, f"{sr} Hz, expected {target_sr} Hz (resample=False)")
+    if sr != target_sr and not resample:
+        raise AudioError(path, WRONG_RATE, f"{sr} Hz, expected {target_sr} Hz (resample=False)")
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
+        wav = _to_mono(path, data, mixdown)
         wav = resample_wav(wav, sr, target_sr)
+    if not np.isfinite(wav).all():  # float32 overflow of huge float samples when mixing or filtering
+        raise AudioError(path, NONFINITE, "NaN/inf after down-mixing or resampling (samples near the float32 limit)")
     peak = float(np.abs(wav).max())
     if peak < silence_peak:
         raise AudioError(path, SILENT, f"peak {peak:.3g} < {silence_peak:.3g}")
@@ -159,14 +165,14 @@ def probe_audio(
     multi-channel, wrong-rate and too-short files, but not silent or NaN ones.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, UNREADABLE, "no such file")
-    if path.suffix.lower() == ".wav" and (truncated := _wav_truncation(path)):
-        raise AudioError(path, UNREADABLE, truncated)
     try:
+        if not path.is_file():
+            raise AudioError(path, UNREADABLE, "no such file")
+        if path.suffix.lower() == ".wav" and (truncated := _wav_truncation(path)):
+            raise AudioError(path, UNREADABLE, truncated)
         info = sf.info(str(path))
-    except (sf.SoundFileError, RuntimeError) as err:
-        raise AudioError(path, UNREADABLE, str(err)) from err
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise AudioError(path, UNREADABLE, f"{type(err).__name__}: {err}") from err
     if info.frames == 0:
         raise AudioError(path, EMPTY, "0 samples")
     if info.channels != 1 and not mixdown:

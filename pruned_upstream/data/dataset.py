@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..config import CROP_SAMPLES, MIN_SAMPLES
 from .audio import TARGET_SR, AudioError, read_audio
-from .manifest import scan_audio
+from .manifest import scan_table
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ class AudioDataset(Dataset):
     fixes the epoch explicitly (otherwise `set_epoch` sets it, as with
     DistributedSampler; it reaches DataLoader workers when they are not
     persistent). `skipped` counts unusable files per reason; `lengths` holds
-    the item lengths (after cropping) for `LengthBucketSampler`.
+    the item lengths (after cropping) for `LengthBucketSampler`. Multi-channel
+    files are averaged to mono (`mixdown`, as fairseq's `RawAudioDataset.postprocess`
+    does, `fairseq/data/audio/raw_audio_dataset.py`); `mixdown=False` skips them.
     """
 
     def __init__(
@@ -60,26 +62,34 @@ class AudioDataset(Dataset):
         seed: int = 0,
         scan: str = "full",
         target_sr: int = TARGET_SR,
+        mixdown: bool = True,
     ):
         if crop_samples <= 0 or min_samples < 0:
             raise ValueError(f"need crop_samples > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
         self.crop_samples, self.min_samples = crop_samples, min_samples
-        self.seed, self.target_sr, self.epoch = seed, target_sr, 0
-        self.entries, self.skipped = scan_audio(source, scan, min_samples, target_sr)
-        if not self.entries:
+        self.seed, self.target_sr, self.mixdown, self.epoch = seed, target_sr, mixdown, 0
+        # paths: a PathTable (one bytes buffer); num_samples: int64 (N,); no Python object per file.
+        self.paths, self.num_samples, self.skipped = scan_table(source, scan, min_samples, target_sr, mixdown)
+        if not len(self.paths):
             raise ValueError(f"no usable audio in {source!r}: skipped {self.skipped}")
-        self.lengths = [min(e.num_samples, crop_samples) for e in self.entries]
+        self.lengths = np.minimum(self.num_samples, crop_samples)  # int64 (N,)
         self._bad: set[int] = set()  # items found unusable when read (shallow scans)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.paths)
+
+    def summary(self) -> str:
+        """One line: files used, files skipped, and why (the training log's first data line)."""
+        skipped = sum(self.skipped.values())
+        why = ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v) or "none"
+        return f"audio: {len(self)} files used, {skipped} skipped ({why})"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-        n = len(self.entries)
+        n = len(self.paths)
         for step in range(n):
             # A file that fails now is replaced by the next usable one, always the
             # same one, so the substitution is reproducible too.
@@ -87,7 +97,7 @@ class AudioDataset(Dataset):
             if j in self._bad:
                 continue
             try:
-                wav = read_audio(self.entries[j].path, self.target_sr, min_samples=self.min_samples)
+                wav = read_audio(self.paths[j], self.target_sr, mixdown=self.mixdown, min_samples=self.min_samples)
             except AudioError as err:
                 self._mark_bad(j, err)
                 continue
@@ -110,6 +120,8 @@ def collate(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, w in enumerate(batch):
         if w.dim() != 1:
             raise ValueError(f"batch item {i} has shape {tuple(w.shape)}, expected (T,)")
+        if not bool(torch.isfinite(w).all()):  # read_audio never returns these: a bug or a foreign item
+            raise ValueError(f"batch item {i} holds NaN/inf samples")
     lengths = torch.tensor([w.shape[0] for w in batch], dtype=torch.long)  # (B,)
     wav = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)  # (B, T_max)
     for i, w in enumerate(batch):
