@@ -54,6 +54,8 @@ def build_data(cfg: Config, run_dir: Path, env: DistEnv):
     if source == "demo":
         source = _demo_manifest(run_dir / "corpus", env)
     dataset = AudioDataset(source, cfg.data.crop, cfg.data.min_samples, seed=cfg.train.seed, scan=cfg.data.scan)
+    if env.main:  # the run's log says at start what data it trains on (docs/data.md, "Skip policy")
+        log.info("%s: %s", source, dataset.summary())
     sampler = LengthBucketSampler(dataset.lengths, cfg.train.batch_size, cfg.train.max_batch_samples,
                                   seed=cfg.train.seed, length_jitter=cfg.data.length_jitter,
                                   rank=env.rank, world_size=env.world)
