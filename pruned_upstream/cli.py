@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("prune", help="distil and prune a student (the paper's method)")
-    s.add_argument("--config", required=True, help="a named config (demo, demo_shallow, wavlm_base_sp80, final_distill) or a YAML file")
+    s.add_argument("--config", help="a named config (demo, demo_shallow, wavlm_base_sp80, final_distill) or a YAML "
+                   "file; needed to start a run, not to --resume one (its saved config.yaml is used)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")

@@ -15,9 +15,12 @@ from .gating import PruneConfig
 # The optimizer's parameter groups (training/sparsity.py make_optimizers): weights and log_alpha
 # by descent, the Lagrange multipliers by ascent.
 OPTIMIZER_GROUPS = ("weights", "log_alpha", "lambdas")
-# Keys a resumed run may change: they do not touch the computation.
-RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "data.num_workers", "run.progress",
-                     "run.tensorboard", "run.keep_checkpoints")
+# Keys a resumed run may change (docs/training.md, "Resume"): how often it saves and logs, how many
+# checkpoints it keeps, data loader workers, CPU threads, the progress bar and TensorBoard do not
+# touch what is computed; train.steps moves the end of the lr's linear decay, and run.py allows it
+# only once both warm-ups are behind the checkpoint (training/run.py _check_steps_change).
+RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.log_every", "run.keep_checkpoints",
+                     "data.num_workers", "run.threads", "run.progress", "run.tensorboard")
 
 
 @dataclass
@@ -139,28 +142,46 @@ def validate(cfg: Config) -> None:
     if (t.batch_size is None) == (t.max_batch_samples is None):
         raise ValueError(f"give exactly one of train.batch_size ({t.batch_size}) and train.max_batch_samples "
                          f"({t.max_batch_samples})")
-    _check_range("train.steps", t.steps, 1)
-    _check_range("train.accumulate", t.accumulate, 1)
-    _check_range("train.save_every", t.save_every, 1)
-    _check_range("train.log_every", t.log_every, 1)
-    _check_range("distill.every", cfg.distill.every, 1)
-    _check_range("data.crop", cfg.data.crop, 1)
-    for key in ("train.warmup", "train.sparsity_warmup", "train.target_sparsity"):
-        value = getattr(t, key.split(".")[1])
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{key} must lie in [0, 1], got {value}")
+    for key, low in (("train.steps", 1), ("train.batch_size", 1), ("train.max_batch_samples", 1),
+                     ("train.accumulate", 1), ("train.save_every", 1), ("train.log_every", 1),
+                     ("distill.every", 1), ("data.crop", 1), ("data.min_samples", 0), ("data.num_workers", 0),
+                     ("run.threads", 0), ("run.keep_checkpoints", 0), ("teacher.seed", 0), ("train.seed", 0)):
+        _check_range(key, get_key(cfg, key), low)
+    for key in ("train.lr", "train.lr_log_alpha", "train.lr_lambdas", "train.grad_clip", "distill.weight"):
+        if not get_key(cfg, key) > 0.0:  # also NaN
+            raise ValueError(f"{key} must be > 0, got {get_key(cfg, key)}")
+    for key in ("train.weight_decay", "distill.cos_weight", "data.length_jitter"):
+        if not get_key(cfg, key) >= 0.0:
+            raise ValueError(f"{key} must be >= 0, got {get_key(cfg, key)}")
+    for key in ("train.warmup", "train.sparsity_warmup"):
+        if not 0.0 <= get_key(cfg, key) <= 1.0:
+            raise ValueError(f"{key} must lie in [0, 1] (a fraction of train.steps), got {get_key(cfg, key)}")
+    if not 0.0 <= t.target_sparsity < 1.0:  # 1 would prune every prunable parameter
+        raise ValueError(f"train.target_sparsity must lie in [0, 1), got {t.target_sparsity}")
     if not 0.0 <= cfg.distill.layer_drop < 1.0:
         raise ValueError(f"distill.layer_drop must lie in [0, 1), got {cfg.distill.layer_drop}")
+    for key in ("distill.teacher_layers", "distill.student_layers"):
+        layers = get_key(cfg, key)
+        if layers is not None and (not layers or min(layers) < 1):
+            raise ValueError(f"{key} must list layers numbered from 1 (the output of layer k), got {layers}")
+    if cfg.prune.enabled and not cfg.prune.kinds:
+        raise ValueError("prune.kinds is empty while prune.enabled is true; give kinds or prune.enabled=false")
 
 
-def _check_range(key: str, value: int, low: int) -> None:
-    if value < low:
+def _check_range(key: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
         raise ValueError(f"{key} must be >= {low}, got {value}")
 
 
 # ---------------------------------------------------------------------------- comparing
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def get_key(cfg: Config, key: str):
+    """The value of a dotted `section.field` key."""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def differences(a: Config, b: Config) -> list[str]:

@@ -10,7 +10,9 @@ name the key and the file. No torch here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -26,7 +28,12 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # ---------------------------------------------------------------------------- loading
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- the YAML file (and its `base` chain) <- `key=value` overrides; validated."""
-    cfg = Config()
+    return config_over(Config(), name_or_path, overrides)
+
+
+def config_over(base: Config, name_or_path: str = "", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A copy of `base` <- the YAML file (and its `base` chain) <- `key=value` overrides; validated."""
+    cfg = copy.deepcopy(base)
     if name_or_path:
         path = config_path(name_or_path)
         apply_mapping(cfg, read_yaml(path), str(path))
@@ -202,7 +209,11 @@ def _type_error(key, value, tp, source) -> ValueError:
 
 # ---------------------------------------------------------------------------- saving
 def save_config(cfg: Config, path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Written to a temp file, then renamed: a reader (or a crash) never sees half a config."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
 
 
 def load_saved(path) -> Config:

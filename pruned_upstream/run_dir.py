@@ -59,13 +59,48 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1][1] if found else None
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, I/O error): the previous ones stay intact."""
+
+
 def save_checkpoint(run_dir, step: int, student: torch.nn.Module, prune: dict | None, state: dict,
                     keep: int = 0) -> Path:
-    """Write step-<step>/ atomically: into a temp dir, flushed, then renamed; keep the newest `keep`."""
-    from safetensors.torch import save_file
+    """Write step-<step>/ atomically: into a temp dir, flushed, then renamed; keep the newest `keep`.
+
+    A failed write (ENOSPC, EFBIG, EIO, ...) removes the temp dir and raises
+    CheckpointWriteError naming the previous complete checkpoint; nothing
+    complete is touched before the new one is (older ones are removed after).
+    """
+    from safetensors import SafetensorError
 
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    try:
+        _write_checkpoint(tmp, step, student, prune, state)
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save and safetensors wrap the OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final} ({reason}); "
+            + (f"the previous checkpoint {previous} is complete: free space, then continue with "
+               f"`pruned-upstream prune --out {run_dir} --resume`" if previous else "no earlier checkpoint exists")
+        ) from err
+    if final.exists():  # the same step saved again (a resumed run re-saving its last step)
+        old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _fsync_dir(final.parent)
+    _prune_old(run_dir, keep)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, student: torch.nn.Module, prune: dict | None, state: dict) -> None:
+    from safetensors.torch import save_file
+
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
@@ -75,12 +110,6 @@ def save_checkpoint(run_dir, step: int, student: torch.nn.Module, prune: dict | 
     save_file(weights, str(tmp / STUDENT_FILE), metadata=meta)
     torch.save(state, tmp / STATE_FILE)
     _fsync_dir(tmp)
-    if final.exists():  # the same step saved again (a resumed run re-saving its last step)
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(final.parent)
-    _prune_old(run_dir, keep)
-    return final
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,7 +129,7 @@ def _prune_old(run_dir, keep: int) -> None:
 
 def clean_temp(run_dir) -> None:
     """Remove the temp dirs a killed save left behind."""
-    for path in (Path(run_dir) / "checkpoints").glob(".tmp-step-*"):
+    for path in (Path(run_dir) / "checkpoints").glob(".tmp-*step-*"):
         shutil.rmtree(path, ignore_errors=True)
 
 

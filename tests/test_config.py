@@ -59,7 +59,7 @@ def test_overrides_are_typed():
     ("train.lr=fast", "train.lr must be float"),
     ("prune.ste.heads=true", "unknown config key 'prune.ste.heads'"),
     ("distill.pairing=greedy", "distill.pairing must be one of learned, fixed"),
-    ("train.target_sparsity=1.5", "train.target_sparsity must lie in [0, 1]"),
+    ("train.target_sparsity=1.5", "train.target_sparsity must lie in [0, 1)"),
     ("train.steps", "is not key=value"),
     ("prune.kinds=mha,heads", "prune.kinds has unknown kinds ['heads']"),
 ])

@@ -211,14 +211,23 @@ class Trainer:
 
     # ---- checkpoints
     def save(self) -> None:
+        """Process 0 writes the checkpoint; a failed write stops every process with its message."""
+        failed = [""]
         if self.env.main:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "lagrangian": self.lagrangian.state_dict(),
                      "distiller": self.model.distiller.state_dict(), "rng": rundir.rng_state(),
                      "data": self.sampler.state_dict(batches_done=self.batches_done), "world_size": self.env.world}
             prune = dataclasses.asdict(self.cfg.prune) if self.cfg.prune.enabled else None
-            rundir.save_checkpoint(self.run_dir, self.step, self.student, prune, state, self.cfg.run.keep_checkpoints)
-        self.env.barrier()
+            try:
+                rundir.save_checkpoint(self.run_dir, self.step, self.student, prune, state,
+                                       self.cfg.run.keep_checkpoints)
+            except rundir.CheckpointWriteError as err:  # full disk, quota, I/O error: every process stops
+                failed = [str(err)]
+        if self.env.world > 1:
+            dist.broadcast_object_list(failed, src=0)  # also the barrier: nobody runs ahead of the save
+        if failed[0]:
+            raise rundir.CheckpointWriteError(failed[0])
 
     def restore(self, ckpt: Path) -> None:
         arch, _, weights, _ = rundir.read_student_file(ckpt / rundir.STUDENT_FILE)

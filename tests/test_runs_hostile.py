@@ -1,0 +1,256 @@
+"""Runs under hostile conditions: resume as the README writes it, two processes on one run
+directory, a full disk while saving. Tiny teacher, synthetic audio, CPU (seconds each)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pruned_upstream import cli
+from pruned_upstream import run_dir as run_io
+from pruned_upstream.training.lock import LOCK_NAME, RunLock, RunLocked
+from pruned_upstream.training.run import run_prune
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> str:
+    """8 utterances of 0.4-0.7 s of harmonics in noise, 16 kHz."""
+    root = tmp_path_factory.mktemp("audio")
+    rng, rows = np.random.default_rng(1), [str(root)]
+    for i in range(8):
+        n = int(rng.integers(6400, 11000))
+        t = np.arange(n) / 16000
+        wav = 0.2 * np.sin(2 * np.pi * rng.uniform(90, 250) * t) + 0.02 * rng.standard_normal(n)
+        sf.write(root / f"u{i}.wav", wav.astype(np.float32), 16000)
+        rows.append(f"u{i}.wav\t{n}")
+    (root / "train.tsv").write_text("\n".join(rows) + "\n")
+    return str(root / "train.tsv")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def first_start(manifest: str, *extra: str) -> list[str]:
+    """The first start's overrides of the demo config (warm-ups of 10 % and 20 % of the steps)."""
+    return [f"data.source={manifest}", "teacher.arch.num_layers=2", "distill.every=1", "data.crop=8000",
+            "data.min_samples=1000", "train.batch_size=2", "run.threads=1", "run.progress=false",
+            "run.tensorboard=false", "train.log_every=1", "train.warmup=0.1", "train.sparsity_warmup=0.2",
+            "train.steps=10", "train.save_every=4", "run.keep_checkpoints=0", *extra]
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return run_io.read_student_file(ckpt / run_io.STUDENT_FILE)[2]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def crash_after(out: Path, step: int) -> None:
+    """What a run killed just after saving step-<step> leaves: later checkpoints and the summary gone."""
+    (out / "summary.json").unlink()
+    for s, path in run_io.list_checkpoints(out):
+        if s > step:
+            import shutil
+            shutil.rmtree(path)
+
+
+@pytest.fixture(scope="module")
+def reference(manifest, tmp_path_factory) -> Path:
+    """The uninterrupted run of 10 steps."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert run_prune("demo", first_start(manifest), out) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------- resume semantics
+@pytest.mark.parametrize("how", ["readme", "no_config", "first_command_again"])
+def test_resume_as_the_readme_writes_it(manifest, reference, tmp_path, how, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 0
+    crash_after(out, 4)
+    argv = {"readme": ["prune", "--config", "demo", "--out", str(out), "--resume"],  # README: no overrides
+            "no_config": ["prune", "--out", str(out), "--resume"],
+            "first_command_again": ["prune", "--config", "demo", *first_start(manifest), "--out", str(out),
+                                    "--resume"]}[how]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 10
+    assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
+    assert run_io.read_log(out) == run_io.read_log(reference)
+
+
+def test_a_start_needs_a_config(tmp_path, capsys):
+    assert cli.main(["prune", "--out", str(tmp_path / "new")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--config NAME|FILE is needed to start a run" in err and len(err.splitlines()) == 1
+
+
+def test_resume_refuses_a_change_of_the_computation_in_one_line(reference, manifest, capsys):
+    before = (reference / "config.yaml").read_text()
+    assert cli.main(["prune", "--out", str(reference), "--resume", "train.lr=1e-3", "train.save_every=2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "train.lr differs: 0.001 given, 0.0002 saved" in err and "train.save_every" not in err.split(";")[0]
+    assert "keys that may change: train.steps" in err
+    assert (reference / "config.yaml").read_text() == before
+
+
+def test_more_steps_after_the_warmups_continue_the_run(manifest, tmp_path):
+    out = tmp_path / "run"
+    assert run_prune("demo", first_start(manifest), out) == 0  # finished at 10
+    assert run_prune(None, ["train.steps=14", "train.log_every=2"], out, resume=True) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 14
+    assert [s for s, _ in run_io.list_checkpoints(out)] == [4, 8, 10, 12, 14]
+    saved = (out / "config.yaml").read_text()
+    assert "steps: 14" in saved and "log_every: 2" in saved
+    log = run_io.read_log(out)
+    assert [r["step"] for r in log if r["step"] > 10] == [12, 14]
+    assert log[-1]["lr/weights"] == 0.0  # the linear decay now ends at step 14
+
+
+def test_steps_may_not_change_during_a_warmup_nor_below_the_checkpoint(manifest, reference, tmp_path):
+    out = tmp_path / "run"
+    assert run_prune("demo", first_start(manifest), out) == 0
+    crash_after(out, 4)
+    # at 40 steps the sparsity warm-up runs to step 8: the checkpoint (4) is inside it
+    with pytest.raises(ValueError, match=r"train.steps may change only after both warm-ups .* from step 8; "
+                                         r"the checkpoint is at step 4"):
+        run_prune(None, ["train.steps=40"], out, resume=True)
+    with pytest.raises(ValueError, match=r"train.steps=3 is below the checkpoint's step 4; allowed: >= 4"):
+        run_prune(None, ["train.steps=3"], out, resume=True)
+    assert run_prune(None, [], out, resume=True) == 0
+    assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
+
+
+# ---------------------------------------------------------------------------- one process per run
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pruned_upstream.training.lock import RunLock
+    RunLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_second_prune_is_refused_and_a_killed_holders_lock_is_stale(manifest, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code = cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and len(err.splitlines()) == 1
+        assert f"is in use by another prune (pid {holder.pid} on " in err
+        assert not (out / "config.yaml").exists()  # nothing was written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (out / LOCK_NAME).read_text().startswith(f"pid {holder.pid} ")  # the dead holder's file remains
+    assert run_prune("demo", first_start(manifest, "train.steps=2"), out) == 0  # ... and is taken over
+    with RunLock(out):  # released at the end of the run
+        pass
+
+
+def test_two_prune_processes_into_one_directory(manifest, tmp_path):
+    """A real `prune` holds the directory while it trains; a second is refused; after SIGKILL, --resume works."""
+    out = tmp_path / "run"
+    args = first_start(manifest, "train.steps=400", "train.save_every=2", "train.warmup=0",
+                       "train.sparsity_warmup=0")
+    proc = subprocess.Popen([sys.executable, "-m", "pruned_upstream.cli", "prune", "--config", "demo", *args,
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not run_io.list_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        with pytest.raises(RunLocked, match=f"pid {proc.pid} "):
+            run_prune(None, [], out, resume=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    at = run_io.list_checkpoints(out)[-1][0]
+    assert at < 400
+    assert run_prune(None, [f"train.steps={at + 2}"], out, resume=True) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == at + 2
+
+
+# ---------------------------------------------------------------------------- full disk
+def test_full_disk_stops_the_run_keeps_the_last_checkpoint_and_resume_continues(
+        manifest, reference, tmp_path, monkeypatch, capsys):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def disk_full_on_second(obj, f, *args, **kwargs):  # the second checkpoint (step 8) hits a full disk
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(f).write_bytes(b"PK\x03\x04 half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_on_second)
+    out = tmp_path / "run"
+    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err
+    assert f"the previous checkpoint {out / 'checkpoints' / 'step-4'} is complete" in err
+    assert f"pruned-upstream prune --out {out} --resume" in err
+    assert [s for s, _ in run_io.list_checkpoints(out)] == [4]
+    assert not list((out / "checkpoints").glob(".tmp-*")) and not (out / "summary.json").exists()
+    run_io.load_student(out)  # loadable
+    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    assert cli.main(["prune", "--out", str(out), "--resume"]) == 0
+    assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
+
+
+FSIZE_SAVE = textwrap.dedent("""
+    import dataclasses, resource, signal, sys
+    import torch
+    from pruned_upstream.gating import PruneConfig
+    from pruned_upstream import run_dir as run_io
+    from pruned_upstream.model.prunable import make_prunable
+    from pruned_upstream.model.wavlm import WavLM, tiny_arch
+    torch.manual_seed(0)
+    student = make_prunable(WavLM(tiny_arch()))
+    state = {"step": 1, "blob": torch.zeros(50_000)}
+    prune = dataclasses.asdict(PruneConfig())
+    run_io.save_checkpoint(sys.argv[1], 1, student, prune, state)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    try:
+        run_io.save_checkpoint(sys.argv[1], 2, student, prune, {**state, "step": 2, "blob": torch.zeros(100_000)})
+    except run_io.CheckpointWriteError as err:
+        print(err)
+""")
+
+
+def test_a_write_past_the_file_size_limit_leaves_the_previous_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", FSIZE_SAVE, str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    message = result.stdout.strip()
+    assert message.startswith(f"cannot write checkpoint {out / 'checkpoints' / 'step-2'} (")
+    assert f"the previous checkpoint {out / 'checkpoints' / 'step-1'} is complete" in message
+    assert [s for s, _ in run_io.list_checkpoints(out)] == [1]
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert run_io.read_state(run_io.latest_checkpoint(out))["step"] == 1
+    assert run_io.load_student(out).arch.num_layers == 2
