@@ -58,6 +58,32 @@ def additive_padding_mask(padding_mask: torch.Tensor, dtype: torch.dtype) -> tor
     return pad.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
 
 
+def frozen(*tensors: torch.Tensor) -> bool:
+    """True when no gradient can flow into `tensors` here (evaluation, a frozen teacher, inference)."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def cached(owner: nn.Module, name: str, sources: tuple, build):
+    """`build()`, computed once and reused while the tensors in `sources` stay the same.
+
+    For weights derived from parameters at inference (the positional convolution's
+    weight norm, the padded attention layout): the cache is rebuilt whenever a source
+    is replaced (load_state_dict(assign=True), meta-device loading), changed in place
+    (its version counter), moved or cast. It is never used while a gradient could
+    flow into the sources (`frozen`), and is built outside inference mode so that the
+    result is an ordinary tensor. It is a plain attribute: not in the state dict.
+    """
+    if any(t.is_inference() for t in sources) or any(t.is_meta for t in sources):
+        return build()
+    key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+    entry = owner.__dict__.get(name)
+    if entry is None or entry[0] != key:
+        with torch.inference_mode(False), torch.no_grad():
+            entry = (key, build(), sources)  # the sources are held so that their ids stay theirs
+        owner.__dict__[name] = entry
+    return entry[1]
+
+
 def _pad_index(sizes: list[int], width: int) -> torch.Tensor:
     """Positions of the compact per-head columns inside a (heads * width) padded layout."""
     idx = [h * width + d for h, size in enumerate(sizes) for d in range(size)]
@@ -130,7 +156,9 @@ class SelfAttention(nn.Module):
         if not self.layer.attn:
             return None, position_bias
         z_mha = self.gate_mha() if self.gate_mha is not None else None
-        if self.layer.heads:
+        if self.layer.heads and self.gate_qk is None and self.gate_vo is None and frozen(*self._projections()):
+            out = self._inference_output(x, padding_mask, position_bias)  # the same values, laid out once
+        elif self.layer.heads:
             out = self.out_proj(self._heads_output(x, padding_mask, position_bias))
         else:  # a block with no head left: its output is its bias
             out = self.out_proj.bias.expand_as(x)
@@ -155,6 +183,43 @@ class SelfAttention(nn.Module):
             o = torch.softmax(scores.expand(b, h, t, t), dim=-1) @ v
         o = o.transpose(1, 2).reshape(b, t, h * self.width)  # (B, T, H * width)
         return o.index_select(2, self.vo_index) if self.pad_vo else o
+
+    # ---- inference: the padded layout laid out once --------------------------------
+    def _projections(self) -> tuple:
+        return tuple(p for m in (self.q_proj, self.k_proj, self.v_proj, self.out_proj) for p in (m.weight, m.bias))
+
+    def _fused_weights(self):
+        """q, k (with qk dims) and v stacked into one compact matrix, and where each of its
+        output columns goes in the padded (B, T, [3|1] * H * width) layout SDPA takes."""
+        n = len(self.layer.heads) * self.width
+        parts = [(self.q_proj, self.qk_index), (self.k_proj, self.qk_index)] if self.qk_width > 0 else []
+        parts.append((self.v_proj, self.vo_index))
+        weight = torch.cat([proj.weight for proj, _ in parts])
+        bias = torch.cat([proj.bias for proj, _ in parts])
+        index = torch.cat([index + i * n for i, (_, index) in enumerate(parts)])
+        uniform = len(index) == len(parts) * n  # no padding: the columns are already in place
+        return weight, bias, (None if uniform else index), len(parts)
+
+    def _inference_output(self, x, padding_mask, position_bias):
+        """out_proj(_heads_output(...)) without gates or gradients: one projection for q, k and v."""
+        b, t, _ = x.shape
+        h, width = len(self.layer.heads), self.width
+        weight, bias_in, index, parts = cached(self, "_fused", self._projections(), self._fused_weights)
+        y = F.linear(x, weight, bias_in)
+        if index is not None:  # scatter into the zero-padded layout
+            padded = y.new_zeros(b, t, parts * h * width)
+            padded[:, :, index] = y
+            y = padded
+        y = y.view(b, t, parts, h, width).permute(2, 0, 3, 1, 4)  # (1|3, B, H, T, width)
+        v = y[-1]
+        bias = self._bias(x, padding_mask, position_bias)
+        if self.qk_width > 0:
+            o = F.scaled_dot_product_attention(y[0], y[1], v, attn_mask=bias, scale=self.scaling)
+        else:
+            scores = bias if bias is not None else x.new_zeros(1, 1, t, t)
+            o = torch.softmax(scores.expand(b, h, t, t), dim=-1) @ v
+        o = o.transpose(1, 2).reshape(b, t, h * width)
+        return self.out_proj(o.index_select(2, self.vo_index) if self.pad_vo else o)
 
     @staticmethod
     def _split(y, index, width, uniform, heads):

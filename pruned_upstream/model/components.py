@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import LayerArch, WavLMArch
-from .attention import SelfAttention, additive_padding_mask, linear
+from .attention import SelfAttention, additive_padding_mask, cached, frozen, linear
 
 
 class TransposeLast(nn.Module):
@@ -39,14 +39,65 @@ class ConvBlock(nn.Module):
         self.gate_conv = None  # optional output-channel gate (make_prunable)
 
     def forward(self, x):  # (B, C_in, S) -> (B, C_out, S')
-        x = getattr(self, "0")(x)
-        if self.has_norm:
-            norm = getattr(self, "2")
-            x = norm(x.float()).type_as(x) if isinstance(norm, nn.GroupNorm) else norm(x)
+        if self._normalised_by_stats(x):
+            x = self._conv_norm_from_stats(x)
+        else:
+            x = self._conv_norm(x)
         x = F.gelu(x)
         if self.gate_conv is not None:
             x = x * self.gate_conv()[None, :, None]
         return x
+
+    def _conv_norm(self, x):
+        x = getattr(self, "0")(x)
+        if self.has_norm:
+            norm = getattr(self, "2")
+            x = norm(x.float()).type_as(x) if isinstance(norm, nn.GroupNorm) else norm(x)
+        return x
+
+    def _normalised_by_stats(self, x) -> bool:
+        """The first layer of WavLM Base's CNN (one input channel, a GroupNorm per channel), at
+        inference in float32: its conv and norm become one matmul (`_conv_norm_from_stats`)."""
+        conv, norm = getattr(self, "0"), getattr(self, "2", None)
+        return (
+            conv.in_channels == 1 and isinstance(norm, nn.GroupNorm) and norm.num_groups == conv.out_channels
+            and norm.affine and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+            and frozen(*self.parameters())
+        )
+
+    def normalised_frames(self, x):
+        """GroupNorm(conv(x)) of a one-channel conv as a matmul: (weight (B, C, K), shift (B, C, 1),
+        frames (B, T', K)), the output being weight @ frames^T + shift.
+
+        The conv is linear in each frame f (the `kernel` samples it reads): y_c = w_c.f + b_c,
+        so over the frames of an utterance mean(y_c) = w_c.mean(f) + b_c and
+        var(y_c) = w_c^T cov(f) w_c (population variance, as GroupNorm). With
+        s_c = gamma_c / sqrt(var(y_c) + eps) the normalised output is (s_c w_c).f
+        + beta_c - s_c w_c.mean(f): one (C, K) x (K, T') matmul per utterance instead of
+        a conv and a norm over the (C, T') output, which ran at 3 GMACs/s and took
+        90 ms for 10 s of audio on one CPU thread (docs/performance.md section 6).
+        Statistics in float64; the values equal the conv + GroupNorm's to float32 rounding.
+        """
+        conv, norm = getattr(self, "0"), getattr(self, "2")
+        frames = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0])  # (B, T', K)
+        f64 = frames.double()
+        mean = f64.mean(1)  # (B, K)
+        cov = f64.transpose(1, 2) @ f64 / f64.shape[1] - mean[:, :, None] * mean[:, None, :]  # (B, K, K)
+        w = conv.weight[:, 0].double()  # (C, K)
+        var = torch.einsum("ck,bkl,cl->bc", w, cov, w)  # (B, C)
+        scale = norm.weight.double() / torch.sqrt(var + norm.eps)  # (B, C)
+        shift = norm.bias.double() - scale * (mean @ w.T)  # the conv's bias cancels in y - mean(y)
+        return (scale[:, :, None] * w).float(), shift.float()[:, :, None], frames
+
+    def _conv_norm_from_stats(self, x):
+        weight, shift, frames = self.normalised_frames(x)
+        return torch.baddbmm(shift, weight, frames.transpose(1, 2))
+
+    def gate_values(self):
+        return None if self.gate_conv is None else self.gate_conv()[None, :, None]
+
+
+CHUNK_FRAMES = 1024  # output frames of the CNN's second layer per step of FeatureExtractor._first_two
 
 
 class FeatureExtractor(nn.Module):
@@ -66,9 +117,43 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, wav):
         x = wav.unsqueeze(1)  # (B, 1, S)
-        for block in self.conv_layers:
+        blocks = list(self.conv_layers)
+        if self._chunked(x):
+            x, blocks = self._first_two(x), blocks[2:]
+        for block in blocks:
             x = block(x)
         return x
+
+    def _chunked(self, x) -> bool:
+        if len(self.conv_layers) < 2 or not self.conv_layers[0]._normalised_by_stats(x):
+            return False
+        first, second = getattr(self.conv_layers[0], "0"), self.conv_layers[1]
+        first_frames = (x.shape[-1] - first.kernel_size[0]) // first.stride[0] + 1
+        return not second.has_norm and frozen(*second.parameters()) and first_frames >= getattr(second, "0").kernel_size[0]
+
+    def _first_two(self, x):
+        """The first two conv blocks at inference, a slice of time at a time (CHUNK_FRAMES).
+
+        The first layer's output (512 x 32,000 floats, 65 MB, for 10 s) is never
+        held whole: each slice of it is made (`ConvBlock.normalised_frames`), passed
+        through GELU and the second conv while it is in cache. A tensor that large is
+        also allocated fresh by the C library on every forward (above its mmap
+        threshold) and paid for in page faults: 23 ms per 65 MB on one thread
+        (docs/performance.md section 6). The values are those of the two blocks.
+        """
+        first, second = self.conv_layers[0], self.conv_layers[1]
+        weight, shift, frames = first.normalised_frames(x)
+        conv = getattr(second, "0")
+        k, s = conv.kernel_size[0], conv.stride[0]
+        t1 = (frames.shape[1] - k) // s + 1
+        out = x.new_empty(x.shape[0], conv.out_channels, t1)
+        gate0, gate1 = first.gate_values(), second.gate_values()
+        for a in range(0, t1, CHUNK_FRAMES):
+            e = min(t1, a + CHUNK_FRAMES)
+            h = F.gelu(torch.baddbmm(shift, weight, frames[:, a * s : (e - 1) * s + k].transpose(1, 2)))
+            y = F.gelu(conv(h if gate0 is None else h * gate0))
+            out[:, :, a:e] = y if gate1 is None else y * gate1
+        return out
 
 
 class WeightNormConv1d(nn.Module):
@@ -87,10 +172,20 @@ class WeightNormConv1d(nn.Module):
         nn.init.normal_(self.weight_v, std=0.02)
         self.padding, self.groups = kernel // 2, groups
 
+    def weight(self) -> torch.Tensor:
+        """g * v / ||v|| (torch's own weight-norm kernel, as torch.nn.utils.weight_norm runs it).
+
+        Without a gradient to carry (inference, a frozen teacher) it is computed once and
+        kept until weight_g or weight_v change (`attention.cached`): recomputing it took
+        36-42 ms per forward on one CPU thread (docs/performance.md section 6).
+        """
+        v, g = self.weight_v, self.weight_g
+        if frozen(v, g):
+            return cached(self, "_folded_weight", (v, g), lambda: torch._weight_norm(v, g, 2))
+        return torch._weight_norm(v, g, 2)
+
     def forward(self, x):  # (B, D, T) -> (B, D, T + 1 - kernel % 2)
-        norm = self.weight_v.norm(dim=(0, 1), keepdim=True)  # (1, 1, K)
-        weight = self.weight_v * (self.weight_g / norm)
-        return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
 
 
 class PositionalConv(nn.Module):
