@@ -23,6 +23,12 @@ SAMPLE_RATE = 16000  # the input rate of WavLM, HuBERT and wav2vec 2.0 (Chen et 
 # 5,2,2,2,2,2,2 (docs/method.md section 1; the WavLM release's `conv_feature_layers`).
 BASE_CONV = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
+# The model families one class serves (docs/model.md, "Families"): HuBERT's and wav2vec 2.0's
+# transformer is WavLM's without the gated relative position bias. The family also picks how
+# padded frames are found: s3prl's hubert/wavlm split the sample mask into chunks, its wav2vec2
+# computes each utterance's frame count with the CNN's length formula.
+FAMILIES = ("wavlm", "hubert", "wav2vec2")
+
 
 @dataclass(frozen=True)
 class HeadArch:
@@ -81,8 +87,14 @@ class WavLMArch:
     gru_rel_pos: bool = True
     conv_channels: tuple[int, ...] | None = None  # kept CNN channels per conv layer (None: all)
     post_extract_proj: bool = True  # the release has it only when conv dim != embed dim; HF always
+    family: str = "wavlm"  # one of FAMILIES; files written before the field existed are WavLM
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.family != "wavlm" and (self.relative_position_embedding or self.gru_rel_pos):
+            raise ValueError(f"a {self.family} model has no relative position bias: "
+                             "relative_position_embedding and gru_rel_pos must be false")
         if self.extractor_mode not in ("default", "layer_norm"):
             raise ValueError(f"extractor_mode must be 'default' or 'layer_norm', got {self.extractor_mode!r}")
         if self.num_heads * self.head_dim != self.embed_dim:
@@ -167,7 +179,12 @@ def dense_arch(
     ffn_dim: int = 3072,
     **kw,
 ) -> WavLMArch:
-    """A dense WavLM architecture; `kw` sets the other WavLMArch fields."""
+    """A dense architecture; `kw` sets the other WavLMArch fields.
+
+    For family hubert or wav2vec2 the position-bias fields default to off."""
+    if kw.get("family", "wavlm") != "wavlm":
+        kw.setdefault("relative_position_embedding", False)
+        kw.setdefault("gru_rel_pos", False)
     layer = LayerArch.dense(num_heads, embed_dim // num_heads, ffn_dim)
     return WavLMArch(
         embed_dim=embed_dim,
@@ -181,14 +198,27 @@ def dense_arch(
 # Presets. Sources: the configurations stored in the released checkpoints
 # (WavLM-Base.pt / WavLM-Base+.pt / WavLM-Large.pt `cfg`), as read by s3prl's
 # WavLMConfig, and Hugging Face's microsoft/wavlm-* config.json files.
+# HuBERT and wav2vec 2.0: the defaults of s3prl's HubertConfig / Wav2Vec2Config
+# (upstream/hubert/hubert_model.py, upstream/wav2vec2/wav2vec2_model.py) are the
+# Base models; the Large ones are the models SUPERB scores (s3prl hubconf
+# hubert_large_ll60k, wav2vec2_large_ll60k): layer-norm CNN with conv bias, pre-LN,
+# normalised waveforms (transformers' do_stable_layer_norm models, e.g.
+# facebook/hubert-large-ll60k, facebook/wav2vec2-large-lv60).
+PRESETS = ("base", "base_plus", "large", "hubert_base", "hubert_large", "wav2vec2_base", "wav2vec2_large")
+_LARGE = dict(extractor_mode="layer_norm", layer_norm_first=True, normalize=True)
+
+
 def preset(name: str) -> WavLMArch:
     if name in ("base", "base_plus"):
         return dense_arch(12, 768, 12, 3072, max_distance=800)
     if name == "large":
-        return dense_arch(
-            24, 1024, 16, 4096, extractor_mode="layer_norm", layer_norm_first=True, normalize=True, max_distance=800
-        )
-    raise ValueError(f"unknown preset {name!r}; known: base, base_plus, large")
+        return dense_arch(24, 1024, 16, 4096, max_distance=800, **_LARGE)
+    family, _, size = name.partition("_")
+    if family in ("hubert", "wav2vec2") and size == "base":
+        return dense_arch(12, 768, 12, 3072, family=family)
+    if family in ("hubert", "wav2vec2") and size == "large":
+        return dense_arch(24, 1024, 16, 4096, family=family, conv_bias=True, **_LARGE)
+    raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
 
 
 # ---- the original release's `conv_feature_layers` string ---------------------------------

@@ -1,10 +1,11 @@
-"""Read WavLM checkpoints (original release, Hugging Face, ours) and write ours.
+"""Read WavLM, HuBERT and wav2vec 2.0 checkpoints (releases, s3prl's, Hugging Face, ours) and write ours.
 
     model = load_model(path)        # a WavLM in eval mode
     save_model(model, "model.safetensors")
 
 Nothing here executes code from a file: pickles are read with
-`torch.load(weights_only=True)` and our own format is safetensors, the
+`torch.load(weights_only=True)` (fairseq's with fairseq_pickle's restricted
+unpickler); the configurations and key names of each family are families.py; our own format is safetensors, the
 architecture stored as JSON in its metadata. Loading is strict: a missing or an
 unexpected key is an error that names it.
 """
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .arch import WavLMArch, dense_arch, parse_conv_layers
+from .arch import WavLMArch
+from .fairseq_pickle import load_fairseq_checkpoint
+from .families import HF_FAMILIES, arch_from_hf_config, hf_backbone, read_release
+from .families import arch_from_release_cfg, hf_to_release_key  # noqa: F401  (public here since before families.py)
 from .model.depth import drop_layers as drop_model_layers
 from .model.wavlm import WavLM
 
@@ -132,82 +136,44 @@ def _torch_load(path: Path):
 
 
 def _read_original(path: Path):
-    ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict) or "cfg" not in ckpt or "model" not in ckpt:
-        keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(path, f"not a WavLM release checkpoint (expected keys 'cfg' and 'model', found {keys})")
-    cfg = ckpt["cfg"]
-    if not isinstance(cfg, dict):
-        raise CheckpointError(path, f"'cfg' must be a dict, found {type(cfg).__name__}")
+    """A `.pt` of any family: WavLM's release, fairseq's HuBERT / wav2vec 2.0, s3prl's converted ones."""
     try:
-        arch = arch_from_release_cfg(cfg)
+        ckpt = _torch_load(path)
+    except CheckpointError as err:
+        # fairseq's releases pickle omegaconf / argparse containers, which weights_only refuses:
+        # our restricted unpickler reads those as plain data and refuses everything else
+        try:
+            ckpt = load_fairseq_checkpoint(path)
+        except pickle.UnpicklingError as refused:
+            raise CheckpointError(path, f"{refused}. {str(err)[len(str(path)) + 2:]}") from None
+        except Exception:  # not readable either way (truncated, corrupt): the first error says why
+            raise err from None
+    try:
+        return read_release(ckpt)
     except ValueError as err:
         raise CheckpointError(path, str(err)) from None
-    return arch, ckpt["model"]
-
-
-# Defaults of the release's WavLMConfig for keys a cfg may omit (s3prl
-# upstream/wavlm/WavLM.py, WavLMConfig.__init__).
-_RELEASE_DEFAULTS = dict(
-    extractor_mode="default",
-    encoder_layers=12,
-    encoder_embed_dim=768,
-    encoder_ffn_embed_dim=3072,
-    encoder_attention_heads=12,
-    activation_fn="gelu",
-    layer_norm_first=False,
-    conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    conv_bias=False,
-    normalize=False,
-    conv_pos=128,
-    conv_pos_groups=16,
-    relative_position_embedding=False,
-    num_buckets=320,
-    max_distance=1280,
-    gru_rel_pos=False,
-)
-
-
-def arch_from_release_cfg(cfg: dict) -> WavLMArch:
-    c = {**_RELEASE_DEFAULTS, **cfg}
-    if c["activation_fn"] != "gelu":
-        raise ValueError(f"activation_fn {c['activation_fn']!r} is not supported (WavLM uses 'gelu')")
-    return dense_arch(
-        num_layers=int(c["encoder_layers"]),
-        embed_dim=int(c["encoder_embed_dim"]),
-        num_heads=int(c["encoder_attention_heads"]),
-        ffn_dim=int(c["encoder_ffn_embed_dim"]),
-        conv_layers=parse_conv_layers(c["conv_feature_layers"]),
-        extractor_mode=c["extractor_mode"],
-        conv_bias=bool(c["conv_bias"]),
-        layer_norm_first=bool(c["layer_norm_first"]),
-        normalize=bool(c["normalize"]),
-        conv_pos=int(c["conv_pos"]),
-        conv_pos_groups=int(c["conv_pos_groups"]),
-        relative_position_embedding=bool(c["relative_position_embedding"]),
-        num_buckets=int(c["num_buckets"]),
-        max_distance=int(c["max_distance"]),
-        gru_rel_pos=bool(c["gru_rel_pos"]),
-        post_extract_proj=parse_conv_layers(c["conv_feature_layers"])[-1][0] != int(c["encoder_embed_dim"]),
-    )
 
 
 # ---------------------------------------------------------------------------- Hugging Face
 def _read_hf_dir(path: Path):
     config_file = path / "config.json"
     if not config_file.exists():
-        raise CheckpointError(path, "a directory without config.json (expected a Hugging Face WavLM model directory)")
+        raise CheckpointError(path, "a directory without config.json (expected a Hugging Face WavLM, HuBERT or "
+                              "wav2vec 2.0 model directory)")
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(config_file, f"invalid JSON: {err}") from None
-    if config.get("model_type") != "wavlm":
-        raise CheckpointError(config_file, f"model_type is {config.get('model_type')!r}, not 'wavlm'")
+    if config.get("model_type") not in HF_FAMILIES:
+        raise CheckpointError(config_file, f"model_type is {config.get('model_type')!r}, not one of {', '.join(HF_FAMILIES)}")
     normalize = None
     prep = path / "preprocessor_config.json"
     if prep.exists():
         normalize = bool(json.loads(prep.read_text()).get("do_normalize", False))
-    arch = arch_from_hf_config(config, normalize)
+    try:
+        arch = arch_from_hf_config(config, normalize)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(config_file, f"unsupported configuration: {err}") from None
     if (path / "model.safetensors").exists():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -220,63 +186,4 @@ def _read_hf_dir(path: Path):
         state = _torch_load(path / "pytorch_model.bin")
     else:
         raise CheckpointError(path, "no model.safetensors or pytorch_model.bin in the directory")
-    if any(k.startswith("wavlm.") for k in state):  # a task model (WavLMForCTC, ...): keep the backbone
-        state = {k[len("wavlm."):]: v for k, v in state.items() if k.startswith("wavlm.")}
-    state = {hf_to_release_key(k, arch.extractor_mode): v for k, v in state.items()}
-    state.setdefault("mask_emb", torch.zeros(arch.embed_dim))  # HF omits it when masking is off
-    return arch, state
-
-
-def arch_from_hf_config(config: dict, normalize: bool | None = None) -> WavLMArch:
-    """Map a transformers WavLMConfig (config.json) onto our architecture."""
-    if config.get("hidden_act", "gelu") != "gelu" or config.get("feat_extract_activation", "gelu") != "gelu":
-        raise ValueError("only the GELU activations of WavLM are supported")
-    if config.get("add_adapter"):
-        raise ValueError("Hugging Face adapters (add_adapter=true) are not supported")
-    mode = {"group": "default", "layer": "layer_norm"}[config.get("feat_extract_norm", "group")]
-    conv = tuple(zip(config["conv_dim"], config["conv_kernel"], config["conv_stride"]))
-    return dense_arch(
-        num_layers=int(config["num_hidden_layers"]),
-        embed_dim=int(config["hidden_size"]),
-        num_heads=int(config["num_attention_heads"]),
-        ffn_dim=int(config["intermediate_size"]),
-        conv_layers=tuple(tuple(int(v) for v in c) for c in conv),
-        extractor_mode=mode,
-        conv_bias=bool(config.get("conv_bias", False)),
-        layer_norm_first=bool(config.get("do_stable_layer_norm", False)),
-        # do_normalize lives in preprocessor_config.json; without it, follow the
-        # release (layer-norm extractors were trained on normalised waveforms)
-        normalize=(mode == "layer_norm") if normalize is None else normalize,
-        conv_pos=int(config.get("num_conv_pos_embeddings", 128)),
-        conv_pos_groups=int(config.get("num_conv_pos_embedding_groups", 16)),
-        relative_position_embedding=True,
-        num_buckets=int(config.get("num_buckets", 320)),
-        max_distance=int(config.get("max_bucket_distance", 800)),
-        gru_rel_pos=True,
-    )
-
-
-_HF_RULES = [  # (pattern, replacement) applied in order; the only place keys are renamed
-    (r"^feature_projection\.layer_norm\.", "layer_norm."),
-    (r"^feature_projection\.projection\.", "post_extract_proj."),
-    (r"^masked_spec_embed$", "mask_emb"),
-    (r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original0$", "encoder.pos_conv.0.weight_g"),
-    (r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original1$", "encoder.pos_conv.0.weight_v"),
-    (r"^encoder\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
-    (r"\.attention\.rel_attn_embed\.", ".self_attn.relative_attention_bias."),
-    (r"\.attention\.gru_rel_pos_const$", ".self_attn.grep_a"),
-    (r"\.attention\.gru_rel_pos_linear\.", ".self_attn.grep_linear."),
-    (r"\.attention\.", ".self_attn."),
-    (r"^(encoder\.layers\.\d+)\.layer_norm\.", r"\1.self_attn_layer_norm."),
-    (r"\.feed_forward\.intermediate_dense\.", ".fc1."),
-    (r"\.feed_forward\.output_dense\.", ".fc2."),
-    (r"^(feature_extractor\.conv_layers\.\d+)\.conv\.", r"\1.0."),
-]
-
-
-def hf_to_release_key(key: str, extractor_mode: str = "default") -> str:
-    """A transformers WavLMModel key -> the original release's key (which our module uses)."""
-    for pattern, replacement in _HF_RULES:
-        key = re.sub(pattern, replacement, key)
-    norm = "2.1" if extractor_mode == "layer_norm" else "2"
-    return re.sub(r"^(feature_extractor\.conv_layers\.\d+)\.layer_norm\.", rf"\1.{norm}.", key)
+    return arch, hf_backbone(state, arch)

@@ -124,8 +124,8 @@ def test_wrong_content(tmp_path, release_ckpt):
 
 def test_hf_dir_without_weights(tmp_path):
     (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "hubert"}))
-    with pytest.raises(CheckpointError, match="not 'wavlm'"):
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="'bert', not one of wavlm, hubert, wav2vec2"):
         load_model(tmp_path / "hf")
 
 

@@ -7,7 +7,9 @@ The hidden states are s3prl's: the input of every transformer layer, then the
 encoder's output (after the final LayerNorm for pre-LN models), with the values
 s3prl's `wavlm` upstream gives for the same checkpoint and audio, padded batches
 included: the CNN runs over the padded batch (Base's GroupNorm therefore sees
-the padding) and frames are marked padded with s3prl's rule.
+the padding) and frames are marked padded with s3prl's rule. HuBERT and wav2vec
+2.0 are the same module without the position bias (`arch.family`; s3prl's
+wav2vec2 finds padded frames with the CNN's length formula instead).
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ class WavLM(nn.Module):
         features = self.feature_extractor(wav).transpose(1, 2)  # (B, C, T') -> (B, T', C)
         features = self.layer_norm(features)
         padding_mask = None
-        if sample_mask is not None:
+        if sample_mask is not None and self.arch.family == "wav2vec2":  # s3prl's wav2vec2: the CNN's length formula
+            frames = self.output_lengths((~sample_mask).sum(1))
+            padding_mask = torch.arange(features.shape[1], device=wav.device)[None, :] >= frames[:, None]
+        elif sample_mask is not None:
             padding_mask = frame_padding_mask(sample_mask, features.shape[1])
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
