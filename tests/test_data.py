@@ -308,3 +308,15 @@ def test_resumed_loader_is_bit_identical(audio_dir):
     assert len(head + tail) == len(reference) == 4
     for (w, n), (w_ref, n_ref) in zip(head + tail, reference):
         assert torch.equal(w, w_ref) and torch.equal(n, n_ref)
+
+
+def test_path_table_round_trips_any_path_and_shares_its_buffer():
+    from pruned_upstream.data.manifest import PathTable
+
+    odd = "/data/caf\udce9.wav"  # a non-UTF-8 byte, as os.fsdecode gives it
+    table = PathTable(["/a/b.wav", "/données/ü.flac", odd])
+    assert list(table) == ["/a/b.wav", "/données/ü.flac", odd] and table[-1] == odd
+    sub = table.take(np.array([2, 0]))
+    assert list(sub) == [odd, "/a/b.wav"] and sub._blob is table._blob
+    with pytest.raises(IndexError, match="out of range"):
+        table[3]
