@@ -15,7 +15,7 @@ import sys
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, quick=args.quick, layers=args.layers)
+    return run_demo(args.out, quick=args.quick, layers=args.layers, family=args.family)
 
 
 def _cmd_inspect(args) -> int:
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     s.add_argument("--quick", action="store_true", help="a shorter run (for tests)")
     s.add_argument("--layers", action="store_true", help="also compare layer-dropping strategies")
+    s.add_argument("--family", choices=("wavlm", "hubert", "wav2vec2"), default="wavlm",
+                   help="the tiny random teacher's family (default: wavlm)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("prune", help="distil and prune a student (the paper's method)")

@@ -26,7 +26,7 @@ RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.log_every", "run.
 @dataclass
 class TeacherConfig:
     checkpoint: str | None = None  # original .pt, Hugging Face dir or our .safetensors; None: random weights
-    preset: str = "tiny"  # random teacher: tiny | base | base_plus | large
+    preset: str = "tiny"  # random teacher: tiny | base | base_plus | large | hubert_base | ... (CHOICES)
     arch: dict = field(default_factory=dict)  # overrides of the preset, e.g. {num_layers: 4, embed_dim: 64}
     seed: int = 0  # torch seed of the random teacher's initialisation
 
@@ -116,7 +116,8 @@ class Config:
 
 
 CHOICES = {
-    "teacher.preset": ("tiny", "base", "base_plus", "large"),
+    "teacher.preset": ("tiny", "base", "base_plus", "large", "hubert_base", "hubert_large", "wav2vec2_base",
+                       "wav2vec2_large"),  # arch.PRESETS and tiny
     "distill.pairing": ("learned", "fixed"),
     "distill.loss": ("mse", "l1_cos"),
     "distill.projection": ("shared", "per_layer", "none"),

@@ -34,11 +34,13 @@ def make_corpus(out: Path) -> Path:
     return Path(make_demo_corpus(corpus))
 
 
-def prune(out: Path, manifest: Path, quick: bool) -> Path:
+def prune(out: Path, manifest: Path, quick: bool, family: str = "wavlm") -> Path:
     from .training.run import run_prune
 
-    run_dir = out / "run"
+    run_dir = out / ("run" if family == "wavlm" else f"run_{family}")
     overrides = [f"data.source={manifest}"]
+    if family != "wavlm":  # the tiny teacher of another family: no relative position bias (arch.dense_arch)
+        overrides.append(f"teacher.arch.family={family}")
     if quick:
         overrides += ["train.steps=60", "train.save_every=30", "train.log_every=5"]
     code = run_prune("demo", overrides, run_dir, resume=(run_dir / "config.yaml").exists())
@@ -165,14 +167,14 @@ def layer_study(out: Path, model_path: Path, corpus: Path, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out: str = "demo_out", quick: bool = False, layers: bool = False) -> int:
+def run_demo(out: str = "demo_out", quick: bool = False, layers: bool = False, family: str = "wavlm") -> int:
     out = Path(out).resolve()  # s3prl's runner works from its own directory
     out.mkdir(parents=True, exist_ok=True)
     n = 8 if layers else 7
     t0 = _step(f"1/{n} corpus: synthesized speech with espeak-ng")
     manifest = make_corpus(out)
-    _step(f"2/{n} distil and prune the student (tiny random teacher)")
-    run_dir = prune(out, manifest, quick)
+    _step(f"2/{n} distil and prune the student (tiny random {family} teacher)")
+    run_dir = prune(out, manifest, quick, family)
     _step(f"3/{n} export the compact model")
     model_path, teacher_path, summary = export_models(out, run_dir)
     print(f"wrote {model_path} (sparsity {summary['sparsity']:.4f}, target {summary['target_sparsity']})")

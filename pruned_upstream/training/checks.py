@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
 
 from ..arch import WavLMArch
-from ..checkpoints import ARCH_KEY, CheckpointError, arch_from_hf_config, arch_from_release_cfg
+from ..checkpoints import ARCH_KEY, CheckpointError, arch_from_hf_config
+from ..fairseq_pickle import load_fairseq_checkpoint
+from ..families import read_release
 from ..config import Config
 from ..data.manifest import find_audio, read_manifest
 from ..model.depth import parse_spec
@@ -86,8 +89,11 @@ def model_arch(path, key: str) -> WavLMArch:
 
             with safe_open(str(path), framework="pt") as f:
                 return WavLMArch.from_json((f.metadata() or {})[ARCH_KEY])
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return arch_from_release_cfg(dict(ckpt["cfg"]))
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError):  # fairseq's releases (omegaconf / argparse configs; legacy format)
+            ckpt = load_fairseq_checkpoint(path)
+        return read_release(ckpt)[0]  # WavLM's release, fairseq's or s3prl's HuBERT / wav2vec 2.0
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's, named in one line
         raise CheckpointError(path, f"{key}: cannot read its architecture ({type(err).__name__}: "
                                     f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
