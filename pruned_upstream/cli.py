@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--batch", type=int, default=1, help="utterances per forward, 40-100 %% of --seconds, padded")
+    s.add_argument("--compile", action="store_true", help="time both models under torch.compile")
+    s.add_argument("--profile", action="store_true", help="also print the torch profiler's top ops of MODEL")
     s.add_argument("--json", action="store_true", help="print one JSON line")
     s.set_defaults(func=_cmd_bench)
 

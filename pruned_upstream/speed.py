@@ -1,10 +1,13 @@
 """Speed of models on the same audio: forward times, alternated so that a slow moment hits all alike.
 
     measure_speeds([model, ref], 10.0, repeats=5, threads=2)   # median seconds of each
+    measure_times([model, ref], 10.0, 7, 1, lengths=mixed_lengths(8, 10.0))   # a padded batch
+    machine()                                                  # the CPU (and its vector unit) or GPU
 """
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 
@@ -18,11 +21,23 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))
 
 
-def measure_times(models: list, seconds: float, repeats: int, threads: int, device: str = "cpu") -> list[list[float]]:
-    """Forward times (s) of each model on `seconds` of random audio, batch 1, `repeats` each.
+def mixed_lengths(batch: int, seconds: float) -> list[int]:
+    """Samples of `batch` utterances spread evenly from 40 % to 100 % of `seconds` (a padded batch)."""
+    if batch < 1 or seconds <= 0:
+        raise ValueError(f"need batch >= 1 and seconds > 0, got {batch}, {seconds}")
+    full = int(round(seconds * SAMPLE_RATE))
+    if batch == 1:
+        return [full]
+    return [int(round(full * (0.4 + 0.6 * i / (batch - 1)))) for i in range(batch)]
 
-    One warm-up forward per model is excluded; the repeats alternate between the
-    models so that a slow moment of the machine hits them all alike.
+
+def measure_times(models: list, seconds: float, repeats: int, threads: int, device: str = "cpu",
+                  lengths: list[int] | None = None) -> list[list[float]]:
+    """Forward times (s) of each model on `seconds` of random audio, `repeats` each.
+
+    Batch 1, or with `lengths` one utterance per length, zero-padded to the longest
+    (as s3prl sends a batch). One warm-up forward per model is excluded; the repeats
+    alternate between the models so that a slow moment of the machine hits them all alike.
     """
     if repeats < 1 or seconds <= 0 or threads < 1:
         raise ValueError(f"need repeats >= 1, seconds > 0, threads >= 1; got {repeats}, {seconds}, {threads}")
@@ -30,14 +45,19 @@ def measure_times(models: list, seconds: float, repeats: int, threads: int, devi
     torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(0)
-        wav = torch.randn(1, int(round(seconds * SAMPLE_RATE)), generator=g).to(device)
-        models = [m.eval().to(device) for m in models]
+        lengths = lengths or [int(round(seconds * SAMPLE_RATE))]
+        wav = torch.randn(len(lengths), max(lengths), generator=g)
+        for i, n in enumerate(lengths):
+            wav[i, n:] = 0.0
+        wav = wav.to(device)
+        lens = torch.tensor(lengths, device=device) if len(set(lengths)) > 1 else None
+        models = [m.eval().to(device) if isinstance(m, torch.nn.Module) else m for m in models]
         for m in models:
-            _forward_time(m, wav)
+            _forward_time(m, wav, lens)
         times = [[] for _ in models]
         for _ in range(repeats):
             for m, t in zip(models, times):
-                t.append(_forward_time(m, wav))
+                t.append(_forward_time(m, wav, lens))
         return times
     finally:
         torch.set_num_threads(previous)
@@ -53,16 +73,54 @@ def measure_speed(model, seconds: float, repeats: int, threads: int, device: str
     return measure_speeds([model], seconds, repeats, threads, device)[0]
 
 
-def _forward_time(model, wav: torch.Tensor) -> float:
+def _forward_time(model, wav: torch.Tensor, lengths=None) -> float:
     cuda = wav.device.type == "cuda"
     with torch.inference_mode():
         if cuda:
             torch.cuda.synchronize(wav.device)
         start = time.perf_counter()
-        model(wav)
+        model(wav) if lengths is None else model(wav, lengths)
         if cuda:
             torch.cuda.synchronize(wav.device)
     return time.perf_counter() - start
+
+
+def machine(device: str = "cpu") -> dict:
+    """What a timing ran on: the CPU's model name and the vector unit torch's kernels use
+    (`torch.backends.cpu.get_cpu_capability`: AVX512, AVX2, ...), or the GPU's name."""
+    info = {"cpu": _cpu_name(), "vector": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    if str(device).startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def profile_ops(model, seconds: float, threads: int, rows: int = 12) -> str:
+    """Torch profiler's table of the ops taking the most time in 3 forwards (after 2 warm-ups), batch 1."""
+    from torch.profiler import ProfilerActivity, profile
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        wav = torch.randn(1, int(round(seconds * SAMPLE_RATE)), generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            model(wav), model(wav)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    model(wav)
+        return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------- against s3prl

@@ -1,13 +1,16 @@
-"""`pruned-upstream bench [MODEL] [--ref MODEL] [--synthetic-sparsity P [--cnn]] [--superb-macs DIR] [--json]`.
+"""`pruned-upstream bench [MODEL] [--ref MODEL] [--synthetic-sparsity P [--cnn]] [--superb-macs DIR]
+[--batch N] [--compile] [--profile] [--json]`.
 
 Parameters, GMACs per second of audio and speed of a model against a reference
-(by default the dense model of the same family).
+(by default the dense model of the same family), with the CPU (and its vector
+unit) or GPU they ran on.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import torch
 
@@ -15,14 +18,27 @@ from ..arch import WavLMArch
 from ..checkpoints import load_model
 from ..macs import SUPERB_NUM_FILES, dense_reference, gmacs_per_second, read_test_clean, superb_macs, superb_selection
 from ..model.wavlm import WavLM
-from ..speed import count_params, measure_times
+from ..speed import count_params, machine, measure_times, mixed_lengths, profile_ops
 
 
 def bench_command(args) -> int:
     """Params, GMACs per second of audio and speed of MODEL (or a synthetic one) against a reference."""
     model, ref, label = _models(args)
     row_m, row_r = _summary(model, args.seconds), _summary(ref, args.seconds)
-    times = measure_times([model, ref], args.seconds, args.repeats, args.threads, args.device)
+    batch = getattr(args, "batch", 1)
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    lengths = mixed_lengths(batch, args.seconds)
+    profile = profile_ops(model, args.seconds, args.threads) if getattr(args, "profile", False) else None
+    timed, compile_s = [model, ref], None
+    if getattr(args, "compile", False):
+        start = time.perf_counter()
+        timed = [torch.compile(m) for m in timed]  # compiled on the warm-up forward below
+        compile_s = start
+    times = measure_times(timed, args.seconds, args.repeats, args.threads, args.device,
+                          lengths=lengths if batch > 1 else None)
+    if compile_s is not None:
+        compile_s = time.perf_counter() - compile_s - sum(map(sum, times))  # the warm-ups: compilation
     for row, t in zip((row_m, row_r), times):
         row["seconds"], row["seconds_min"] = statistics.median(t), min(t)
     result = {
@@ -35,14 +51,21 @@ def bench_command(args) -> int:
         "repeats": args.repeats,
         "threads": args.threads,
         "device": args.device,
+        "machine": machine(args.device),
+        "batch_lengths": lengths,
+        "compiled": compile_s is not None,
         "model_source": label,
     }
+    if compile_s is not None:
+        result["compile_and_warmup_s"] = compile_s
     if args.superb_macs:
         result["superb_macs"] = _superb_block(args.superb_macs, model.arch, ref.arch)
     if args.json:
         print(json.dumps(result))
     else:
         print(format_report(result))
+        if profile:
+            print(profile)
     return 0
 
 
@@ -94,8 +117,10 @@ def _superb_block(root, arch: WavLMArch, ref_arch: WavLMArch) -> dict:
 
 def format_report(r: dict) -> str:
     s = r["audio_seconds"]
+    m = r["machine"]
     lines = [
         f"model: {r['model_source']}",
+        f"on: {m.get('gpu') or m['cpu']} ({'GPU' if m.get('gpu') else m['vector']}), torch {m['torch']}",
         f"{'':10} {'params (M)':>11} {'GMACs/s':>9} {f's per {s:g} s':>12} {'speed-up':>9}",
     ]
     for name, row, speed in (("reference", r["reference"], 1.0), ("model", r["model"], r["speedup"])):
@@ -107,6 +132,11 @@ def format_report(r: dict) -> str:
         f"{r['speedup_of_minima']:.2f}x; medians of {r['repeats']} repeats, "
         f"{r['threads']} threads, {r['device']}; GMACs/s counted on {s:g} s of audio"
     )
+    if len(r["batch_lengths"]) > 1:
+        lines.append(f"batch of {len(r['batch_lengths'])} utterances of {min(r['batch_lengths'])} to "
+                     f"{max(r['batch_lengths'])} samples, padded; times per batch")
+    if r["compiled"]:
+        lines.append(f"both models under torch.compile (compilation and warm-up: {r['compile_and_warmup_s']:.1f} s)")
     if "superb_macs" in r:
         sm = r["superb_macs"]
         lines.append(
