@@ -91,6 +91,17 @@ ckpts_by_step() {  # EXPDIR's states-N.ckpt, in increasing N
     done | sort -n | cut -d' ' -f2-
 }
 
+last_complete() {  # EXPDIR's newest states-N.ckpt that is complete (a kill while s3prl saved cuts one short)
+    local ckpt
+    for ckpt in $(ckpts_by_step "$1" | tac); do
+        if [[ ${DRY_RUN:-0} == 1 ]] || "$PYTHON" -c \
+            'import sys, zipfile; sys.exit(0 if zipfile.is_zipfile(sys.argv[1]) else 1)' "$ckpt"; then
+            echo "$ckpt"; return 0
+        fi
+        note "skipping $ckpt: incomplete (cut short while saving)" >&2
+    done
+}
+
 asv_ckpts() {  # the checkpoints s3prl's sv_voxceleb1/test_expdir.sh tests: states-N, N a multiple of
     # 20000 (its list: 20000 .. 200000); a shorter run with none of those: every states-N
     local all ckpt chosen=()
@@ -154,7 +165,7 @@ train() {  # TASK EXPDIR [extra override]: fresh, resumed from the last states-N
     local task=$1 dir=$2 last override
     override=$(train_override "$task" "${3:-}")
     if [[ -f $dir/train.done ]]; then note "$task: training of $dir already done"; return 0; fi
-    last=$(ckpts_by_step "$dir" | tail -n 1)
+    last=$(last_complete "$dir")
     set_o "$override"
     if [[ -n $last ]]; then
         note "$task: resuming $dir from $last"
@@ -171,8 +182,8 @@ test_best() {  # TASK EXPDIR: -m evaluate the dev-picked checkpoint on the test 
     if [[ ${DRY_RUN:-0} != 1 && ! -f $ckpt ]]; then
         # s3prl saves it only when dev beats the expert's initial best (e.g. accuracy > 0),
         # which a real run always does; a smoke run may not.
-        last=$(ckpts_by_step "$dir" | tail -n 1)
-        [[ -n $last ]] || { echo "$task: neither $ckpt nor a states-N.ckpt in $dir" >&2; return 1; }
+        last=$(last_complete "$dir")
+        [[ -n $last ]] || { echo "$task: neither $ckpt nor a complete states-N.ckpt in $dir" >&2; return 1; }
         note "$task: WARNING: no ${BEST_CKPT[$task]} (dev never improved on the expert's initial best); testing $last"
         ckpt=$last
     fi

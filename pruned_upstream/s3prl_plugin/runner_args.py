@@ -9,6 +9,8 @@ config into ``<expdir>/superb_config.yaml`` and runs the task's preflight.
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +179,7 @@ def resolve_and_check(argv: list[str]) -> list[str]:
     """Resolve ``${VAR}`` and s3prl-relative paths of ``-c`` into ``<expdir>/superb_config.yaml``
     and run the task's preflight (packages, s3prl files, libsox, data), before s3prl starts.
     """
+    argv = resolve_past_exp(argv)
     opts = scan_options(argv)
     if "past_exp" in opts or "config" not in opts or "downstream" not in opts:
         return argv  # resuming (-e): s3prl reuses the saved, already resolved config
@@ -199,3 +202,48 @@ def resolve_and_check(argv: list[str]) -> list[str]:
     out = list(argv)
     _replace(out, opts["config"], str(target))
     return out
+
+
+# ------------------------------------------------------------------- resuming (-e)
+_STATES = re.compile(r"states-(\d+)\.ckpt")
+
+
+def complete_checkpoint(path: Path) -> bool:
+    """torch.save's zip format ends with the zip's central directory: a save cut short (a kill, a full
+    disk) has none. A legacy (non-zip) pickle cannot be checked and is let through."""
+    with open(path, "rb") as f:
+        first = f.read(1)
+    return first == b"\x80" or zipfile.is_zipfile(path)
+
+
+def states_by_step(expdir: Path) -> list[Path]:
+    """``expdir``'s ``states-N.ckpt``, in increasing N."""
+    found = [(int(m.group(1)), p) for p in Path(expdir).glob("states-*.ckpt") if (m := _STATES.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_past_exp(argv: list[str]) -> list[str]:
+    """``-e DIR``: its newest complete ``states-N.ckpt`` (s3prl would take the newest, even one cut
+    short); ``-e FILE`` cut short: a PreflightError naming the newest complete one to use instead."""
+    opts = scan_options(argv)
+    if "past_exp" not in opts:
+        return argv
+    path = Path(opts["past_exp"].value)
+    if path.is_dir():
+        states = states_by_step(path)
+        good = [p for p in states if complete_checkpoint(p)]
+        if not good:
+            raise PreflightError(f"-e {path}: no complete states-*.ckpt in the directory "
+                                 f"({len(states)} incomplete); train it again with -p {path}")
+        for bad in states[states.index(good[-1]) + 1:]:
+            print(f"pruned-upstream superb: skipping {bad}: incomplete (cut short while saving)")
+        out = list(argv)
+        _replace(out, opts["past_exp"], str(good[-1]))
+        return out
+    if path.is_file() and not complete_checkpoint(path):
+        match = _STATES.fullmatch(path.name)
+        earlier = [p for p in states_by_step(path.parent) if match and complete_checkpoint(p)
+                   and int(_STATES.fullmatch(p.name).group(1)) < int(match.group(1))]
+        hint = f"; resume from {earlier[-1]} (-e {earlier[-1]}) or -e {path.parent}" if earlier else ""
+        raise PreflightError(f"-e {path}: an incomplete checkpoint (the run was stopped while saving it?){hint}")
+    return argv
