@@ -7,7 +7,9 @@ Nothing here executes code from a file: pickles are read with
 `torch.load(weights_only=True)` (fairseq's with fairseq_pickle's restricted
 unpickler); the configurations and key names of each family are families.py; our own format is safetensors, the
 architecture stored as JSON in its metadata. Loading is strict: a missing or an
-unexpected key is an error that names it.
+unexpected key is an error that names it. Nothing is allocated for what a file
+declares before it matches what the file stores (safe_load.py); every failure to
+read a file is a `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -25,16 +26,12 @@ from .fairseq_pickle import load_fairseq_checkpoint
 from .families import HF_FAMILIES, arch_from_hf_config, hf_backbone, read_release
 from .families import arch_from_release_cfg, hf_to_release_key  # noqa: F401  (public here since before families.py)
 from .model.depth import drop_layers as drop_model_layers
+from .errors import CheckpointError
 from .model.wavlm import WavLM
+from .safe_load import check_torch_file, checked_meta_model, materialise, read_safetensors, torch_load
 
 ARCH_KEY = "pruned_upstream_arch"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the file and the problem."""
-
-    def __init__(self, path, problem: str):
-        super().__init__(f"{path}: {problem}")
+_MAX_HF_COUNT = 10_000  # layers or heads a config.json may declare (WavLM Large: 24 and 16)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -43,13 +40,22 @@ def load_model(path, drop_layers=None) -> WavLM:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
-    if path.is_dir():
-        arch, state = _read_hf_dir(path)
-    elif _is_safetensors(path):
-        arch, state = _read_ours(path)
-    else:
-        arch, state = _read_original(path)
-    model = build_strict(arch, state, path)
+    try:  # the one door: whatever a reader meets in a file ends as a CheckpointError
+        if path.is_dir():
+            _check_hf_counts(path)
+            arch, state = _read_hf_dir(path)
+        elif _is_safetensors(path):
+            arch, state = _read_ours(path)
+        else:
+            check_torch_file(path)  # before any reader (a fallback reader included) opens it
+            arch, state = _read_original(path)
+        if not isinstance(state, dict):
+            raise CheckpointError(path, f"its weights are a {type(state).__name__}, not a mapping of names to tensors")
+        model = build_strict(arch, state, path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # KeyError, TypeError, IndexError, ... from a malformed file
+        raise CheckpointError(path, f"unreadable ({type(err).__name__}: {str(err)[:200]})") from None
     if drop_layers:  # indices, top:K or uniform:K (model/depth.py)
         model = drop_model_layers(model, drop_layers)
     return model.eval()
@@ -70,20 +76,30 @@ def save_model(model: WavLM, path) -> None:
 
 
 def build_strict(arch: WavLMArch, state: dict, path="<state dict>") -> WavLM:
-    model = WavLM(arch)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            path, f"does not match its architecture: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
-    for name, tensor in model.state_dict().items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                path, f"{name} has shape {tuple(state[name].shape)}, the architecture needs {tuple(tensor.shape)}"
-            )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model
+    """The one place a model is built from (arch, state): checked on the meta device against
+    the stored names and shapes, then the stored tensors assigned (no allocation, no init)."""
+    shapes = {k: tuple(v.shape) if hasattr(v, "shape") else () for k, v in state.items()}
+    return materialise(checked_meta_model(lambda: WavLM(arch), shapes, path, arch), state, path)
+
+
+def _check_hf_counts(path: Path) -> None:
+    """Counts in config.json that would cost time or memory before any weight is compared."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return
+    if config_file.stat().st_size > 1_000_000:
+        raise CheckpointError(config_file, f"{config_file.stat().st_size:,} bytes: too large for a config")
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(config_file, f"invalid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(config_file, f"expected a JSON object, found {type(config).__name__}")
+    for key, value in config.items():
+        if isinstance(value, list) and len(value) > _MAX_HF_COUNT:
+            raise CheckpointError(config_file, f"{key} lists {len(value):,} values (at most {_MAX_HF_COUNT:,})")
+        if key.startswith("num_") and isinstance(value, (int, float)) and not 0 <= value <= _MAX_HF_COUNT:
+            raise CheckpointError(config_file, f"{key} = {value} is outside 0..{_MAX_HF_COUNT:,}")
 
 
 # ---------------------------------------------------------------------------- our format
@@ -95,44 +111,33 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_ours(path: Path):
-    from safetensors import SafetensorError, safe_open
+    found = {}
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(path, f"unreadable safetensors file (truncated or corrupt?): {err}") from None
+    def check(meta: dict, shapes: dict) -> None:  # on the header, before any tensor is read
+        found["arch"] = arch = arch_from_metadata(meta, path)
+        checked_meta_model(lambda: WavLM(arch), shapes, path, arch)
+
+    _, state = read_safetensors(path, check)
+    return found["arch"], state
+
+
+def arch_from_metadata(meta: dict, path) -> WavLMArch:
+    """The architecture our safetensors files keep in their metadata."""
     if ARCH_KEY not in meta:
         raise CheckpointError(
             path, "a safetensors file without our architecture metadata; a Hugging Face model is loaded from its directory"
         )
     try:
-        arch = WavLMArch.from_json(meta[ARCH_KEY])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(path, f"bad architecture metadata: {err}") from None
-    return arch, state
+        return WavLMArch.from_json(meta[ARCH_KEY])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise CheckpointError(path, f"bad architecture metadata: {type(err).__name__}: {str(err)[:200]}") from None
 
 
 # ---------------------------------------------------------------------------- pickles
 def _torch_load(path: Path):
-    """torch.load with weights_only=True; refusals become clear errors, nothing is executed."""
-    with open(path, "rb") as f:
-        first = f.read(4)
-    if first != b"PK\x03\x04" and not first.startswith(b"\x80"):  # torch's zip format; a legacy pickle
-        raise CheckpointError(path, "unknown format (neither a torch checkpoint, safetensors, nor a directory)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            path,
-            "refused: loading it would run code the file names (weights_only=True refused it: "
-            f"{str(err).splitlines()[0][:200]}). If you trust the file, convert it once in a trusted session: "
-            "ck = torch.load(path, weights_only=False); "
-            "torch.save({'cfg': dict(ck['cfg']), 'model': ck['model']}, 'converted.pt')",
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(path, f"unreadable checkpoint (truncated or corrupt?): {str(err)[:200]}") from None
+    """torch.load with weights_only=True; every failure a CheckpointError, nothing executed (safe_load.py).
+    Memory-mapped: what it returns goes to build_strict, which copies the weights it keeps."""
+    return torch_load(path, mmap=True)
 
 
 def _read_original(path: Path):

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from .arch import WavLMArch
-from .checkpoints import ARCH_KEY
+from .checkpoints import ARCH_KEY, arch_from_metadata
+from .errors import CheckpointError
 from .gating import PruneConfig
 from .model.prunable import make_prunable
 from .model.wavlm import WavLM
+from .safe_load import checked_meta_model, materialise, read_safetensors, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +136,68 @@ def clean_temp(run_dir) -> None:
 
 
 def read_student_file(path) -> tuple[WavLMArch, dict | None, dict[str, torch.Tensor], int]:
-    """(arch, prune options or None, weights, step) of a checkpoint's student.safetensors."""
-    from safetensors import safe_open
+    """(arch, prune options or None, weights, step) of a checkpoint's student.safetensors.
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        weights = {k: f.get_tensor(k) for k in f.keys()}
-    if ARCH_KEY not in meta:
-        raise ValueError(f"{path}: no architecture in its metadata; not a training checkpoint")
-    prune = json.loads(meta[PRUNE_KEY]) if PRUNE_KEY in meta else None
-    return WavLMArch.from_json(meta[ARCH_KEY]), prune, weights, int(meta.get(STEP_KEY, -1))
+    The weights' names and shapes are checked against the architecture and its gates on
+    the header, before any is read; any failure to read the file is a CheckpointError."""
+    found = {}
+
+    def check(meta: dict, shapes: dict) -> None:
+        if ARCH_KEY not in meta:
+            raise CheckpointError(path, "no architecture in its metadata; not a training checkpoint")
+        arch, prune = arch_from_metadata(meta, path), _prune_options(meta, path)
+        try:
+            step = int(meta.get(STEP_KEY, -1))
+        except ValueError:
+            raise CheckpointError(path, f"{STEP_KEY} = {meta[STEP_KEY]!r} is not a step number") from None
+        checked_meta_model(lambda: _student(arch, prune), shapes, path, arch)
+        found.update(arch=arch, prune=prune, step=step)
+
+    _, weights = read_safetensors(path, check)
+    return found["arch"], found["prune"], weights, found["step"]
+
+
+def _prune_options(meta: dict, path) -> dict | None:
+    if PRUNE_KEY not in meta:
+        return None
+    try:
+        prune = json.loads(meta[PRUNE_KEY])
+        gates = PruneConfig(list(prune["kinds"]), prune["ste"], float(prune["init_keep"]))
+        gates.check()
+        if not isinstance(gates.ste, dict):
+            raise TypeError(f"ste must be a bool or a mapping of kinds, found {type(prune['ste']).__name__}")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise CheckpointError(path, f"bad prune options in its metadata ({type(err).__name__}: {err})") from None
+    return prune
+
+
+def _student(arch: WavLMArch, prune: dict | None) -> WavLM:
+    model = WavLM(arch)
+    if prune is not None:
+        with torch.random.fork_rng(devices=[]):  # the gates' initialisation must not move the caller's RNG
+            make_prunable(model, PruneConfig(tuple(prune["kinds"]), prune["ste"], prune["init_keep"]))
+    return model
+
+
+# What the trainer reads back from state.pt on --resume (training/trainer.py `save`).
+STATE_KEYS = {"step": int, "optimizer": dict, "scheduler": dict, "lagrangian": dict, "distiller": dict,
+              "rng": dict, "data": dict}
 
 
 def read_state(ckpt: Path) -> dict:
-    return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
+    """state.pt of a checkpoint (torch.load(weights_only=True)); CheckpointError when unreadable
+    or without what a resumed run needs."""
+    path = Path(ckpt) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(path, "no such file: an incomplete checkpoint")
+    state = torch_load(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"expected a dict, found {type(state).__name__}")
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            found = type(state[key]).__name__ if key in state else "nothing"
+            raise CheckpointError(path, f"{key!r} must be a {kind.__name__}, found {found}")
+    return state
 
 
 def resolve_checkpoint(path) -> Path:
@@ -157,21 +207,21 @@ def resolve_checkpoint(path) -> Path:
         return path
     ckpt = latest_checkpoint(path)
     if ckpt is None:
-        raise FileNotFoundError(f"{path} is neither a training checkpoint nor a run directory with one "
-                                f"(expected {STUDENT_FILE} or checkpoints/step-<N>/)")
+        raise CheckpointError(path, f"neither a training checkpoint nor a run directory with one "
+                                    f"(expected {STUDENT_FILE} or checkpoints/step-<N>/)")
     return ckpt
 
 
 def load_student(path) -> WavLM:
     """A run directory (its newest checkpoint) or a checkpoint directory -> the student, eval mode."""
-    ckpt = resolve_checkpoint(path)
-    arch, prune, weights, _ = read_student_file(ckpt / STUDENT_FILE)
-    model = WavLM(arch)
-    if prune is not None:
-        with torch.random.fork_rng(devices=[]):  # the gates' initialisation must not move the caller's RNG
-            make_prunable(model, PruneConfig(tuple(prune["kinds"]), prune["ste"], prune["init_keep"]))
-    model.load_state_dict(weights, strict=True)
-    return model.eval()
+    file = resolve_checkpoint(path) / STUDENT_FILE
+    arch, prune, weights, _ = read_student_file(file)
+    return materialise(checked_meta_model(lambda: _student(arch, prune), weights_shapes(weights), file, arch),
+                       weights, file).eval()
+
+
+def weights_shapes(weights: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in weights.items()}
 
 
 # ---------------------------------------------------------------------------- RNG states
@@ -242,10 +292,46 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def read_log(run_dir) -> list[dict]:
+    """The rows of RUN_DIR/log.jsonl. A last line cut short (a run killed mid-write, no newline)
+    is dropped with a warning; any other line that is not a JSON object with an integer
+    `step` is a CheckpointError naming the file and line."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: not a run directory, or no step was logged yet")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(path, f"unreadable ({type(err).__name__}: {err})") from None
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            if number == len(lines):  # the file does not end with a newline: a torn last write
+                log.warning("%s:%d: an incomplete last line (a run killed while writing it?) is ignored", path, number)
+                continue
+            raise CheckpointError(f"{path}:{number}", f"not a JSON line ({err})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
+            raise CheckpointError(f"{path}:{number}", "expected a JSON object with an integer 'step'")
+        rows.append(row)
+    return rows
+
+
+def read_summary(run_dir) -> dict:
+    """RUN_DIR/summary.json (written at the end of a run); CheckpointError when unreadable."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file: the run has not finished") from None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(path, f"unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(summary, dict):
+        raise CheckpointError(path, f"expected a JSON object, found {type(summary).__name__}")
+    return summary
 
 
 def write_json(path, data: dict) -> None:

@@ -313,3 +313,21 @@ def test_base_parameter_counts_equal_s3prl(family, cfg, with_heads):
     ours = WavLM(preset(f"{family}_base")).num_params()
     assert ours == sum(p.numel() for p in theirs.parameters()) - heads == 94_371_712
     assert ours + heads == with_heads
+
+
+def test_dphubert_recipe_values_and_sources():
+    """The named recipe: DPHuBERT's HuBERT schedule (run.sh of its repository), each value sourced."""
+    from pruned_upstream.config_files import CONFIG_DIR, load_config
+
+    first, final = load_config("hubert_base_dphubert"), load_config("hubert_base_dphubert_final")
+    assert (first.train.target_sparsity, first.train.steps, first.train.sparsity_warmup) == (0.75, 50000, 0.1)
+    assert (first.train.lr, first.train.warmup, first.train.grad_clip, first.train.max_batch_samples) == (
+        2e-4, 0.3, 10.0, 2_560_000)
+    assert first.prune.kinds == ["conv", "qk", "vo", "int"] and first.distill.loss == "l1_cos"
+    assert first.teacher.preset == "hubert_base"
+    assert not final.prune.enabled and (final.train.steps, final.train.lr, final.train.warmup) == (25000, 1e-4, 0.2)
+    for name in ("hubert_base_dphubert", "hubert_base_dphubert_final"):
+        text = (CONFIG_DIR / f"{name}.yaml").read_text()
+        for key in ("target_sparsity", "steps", "lr", "warmup"):
+            line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:")), None)
+            assert line is None or "run.sh" in line, line

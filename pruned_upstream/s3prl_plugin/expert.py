@@ -3,8 +3,9 @@
     upstream = UpstreamExpert("model.safetensors")
     upstream([wav1, wav2])["hidden_states"]   # list of (B, T', D), the same count on every call
 
-Any file `load_model` reads works as `ckpt`: our compact `.safetensors`, an
-original WavLM `.pt`, a Hugging Face directory. Imports only torch and our model
+Any file `load_model` reads works as `ckpt`, of any family (WavLM, HuBERT,
+wav2vec 2.0): our compact `.safetensors`, an original release `.pt` (fairseq's
+too), s3prl's converted checkpoints, a Hugging Face directory. Imports only torch and our model
 code: a user running SUPERB never imports the trainer.
 """
 
@@ -40,7 +41,7 @@ class UpstreamExpert(nn.Module):
         self.model = load_model(ckpt, drop_layers=config.get("drop_layers"))
 
     def get_downsample_rates(self, key: str = "hidden_states") -> int:
-        return self.model.arch.downsample  # 320 for WavLM: 20 ms frames at 16 kHz
+        return self.model.arch.downsample  # 320 for WavLM, HuBERT, wav2vec 2.0: 20 ms frames at 16 kHz
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         lengths = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
