@@ -47,15 +47,20 @@ class MacCounter(TorchFunctionMode):
         elif func is F.scaled_dot_product_attention:
             q, k, v = args[:3]  # (B, H, T, d): q.k^T then attn.v
             self.macs += q.shape[:-1].numel() * k.shape[-2] * (q.shape[-1] + v.shape[-1])
-        elif getattr(func, "__name__", "") in ("matmul", "__matmul__"):  # torch.matmul, a @ b
+        elif func is torch.baddbmm:  # the first CNN layer at inference (ConvBlock.normalised_frames)
+            self.macs += out.numel() * args[1].shape[-1]
+        elif getattr(func, "__name__", "") in ("matmul", "__matmul__") and out.dtype != torch.float64:
+            # torch.matmul, a @ b; float64: the first CNN layer's norm statistics, not counted (as norms)
             self.macs += out.numel() * args[0].shape[-1]
         return out
 
 
-def counted_macs(arch, num_samples: int) -> int:
+def counted_macs(arch, num_samples: int, inference: bool = False) -> int:
+    """MACs of one forward: by default through the layers as written (the path gradients take),
+    with `inference` through the inference path (no gradient: fused and cached layouts)."""
     torch.manual_seed(0)
     model = WavLM(arch).eval()
-    with torch.inference_mode(), MacCounter() as counter:
+    with (torch.inference_mode() if inference else torch.enable_grad()), MacCounter() as counter:
         model(torch.randn(1, num_samples))
     return counter.macs
 
@@ -268,3 +273,52 @@ def test_superb_macs_on_a_small_test_clean(tmp_path, capsys):
     assert out["utterances"] == ["test-clean/1089/134686/1089-134686-0001.flac"]
     assert out["model_macs"] == counted_macs(tiny_arch(), 4000)  # a forward counted, not the formula
     assert "only 3 files" in out["note"]
+
+
+# ---------------------------------------------------------------------------- the inference path
+@pytest.mark.parametrize("name", ["dense", "uneven"])
+def test_inference_path_multiplies_no_more(name):
+    """The inference path (fused q/k/v, the first CNN layer as a matmul, the first two layers
+    chunked) multiplies what the layers as written do, less the first layer's trailing frames
+    that the second layer never reads."""
+    arch, n = (tiny_arch() if name == "dense" else uneven_arch()), 7040
+    (_, k0, s0), (_, k1, s1) = arch.conv_layers[:2]
+    t0 = (n - k0) // s0 + 1
+    unread = t0 - (((t0 - k1) // s1) * s1 + k1)
+    assert counted_macs(arch, n, inference=True) == counted_macs(arch, n) - unread * arch.channels()[0] * k0
+
+
+def _randomized(arch, seed):
+    torch.manual_seed(seed)
+    model = WavLM(arch).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    return model
+
+
+def test_inference_path_equals_the_layers_as_written_and_follows_new_weights():
+    arch = uneven_arch()
+    model, other = _randomized(arch, 0), _randomized(arch, 1)
+    wav = torch.randn(3, 9000) * 0.3
+    lengths = torch.tensor([9000, 6000, 3500])
+
+    def as_written(m):
+        with torch.enable_grad():
+            return [h.detach() for h in m(wav, lengths)]
+
+    def inference(m):
+        with torch.inference_mode():
+            return m(wav, lengths)
+
+    for a, b in zip(inference(model), as_written(model)):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    cached = dict(model.encoder.pos_conv.get_submodule("0").__dict__)
+    assert "_folded_weight" in cached and not any("folded" in k or "_fused" in k for k in model.state_dict())
+    model.load_state_dict(other.state_dict())  # in place: version counters move
+    for a, b in zip(inference(model), inference(other)):
+        assert (a - b).abs().max() <= 1e-6 * b.abs().max()
+    third = _randomized(arch, 2)
+    model.load_state_dict(third.state_dict(), assign=True)  # new tensors
+    for a, b in zip(inference(model), as_written(third)):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
