@@ -1,18 +1,19 @@
 """pruned-upstream: distil and prune WavLM into a compact s3prl upstream.
 
-    from pruned_upstream import load_model, save_model, make_prunable, export
+    from pruned_upstream import load_model, save_model, make_prunable, export, CheckpointError
 
 The names are resolved lazily, so that torch-free parts (the SUPERB score) do
 not import torch.
 """
 
-__all__ = ["load_model", "save_model", "make_prunable", "export"]
+__all__ = ["load_model", "save_model", "make_prunable", "export", "CheckpointError"]
 
 _WHERE = {
     "load_model": "checkpoints",
     "save_model": "checkpoints",
     "make_prunable": "model.prunable",
     "export": "exporting",  # not export.py: a submodule would shadow the function
+    "CheckpointError": "errors",  # any file that cannot be read (torch-free)
 }
 
 

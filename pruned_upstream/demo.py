@@ -53,7 +53,7 @@ def export_models(out: Path, run_dir: Path) -> tuple[Path, Path, dict]:
     from .checkpoints import save_model
     from .config_files import load_config
     from .exporting import export
-    from .run_dir import load_student
+    from .run_dir import load_student, read_summary
     from .training.models import build_teacher
 
     student = load_student(run_dir)
@@ -61,7 +61,7 @@ def export_models(out: Path, run_dir: Path) -> tuple[Path, Path, dict]:
     model_path, teacher_path = out / "model.safetensors", out / "teacher.safetensors"
     save_model(compact, model_path)
     save_model(build_teacher(load_config(str(run_dir / "config.yaml"))).eval(), teacher_path)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     return model_path, teacher_path, summary
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import CheckpointError
 from .exporting import export
 from .model_report import save_layer_plot
 from .run_dir import latest_checkpoint, load_student, read_log
@@ -24,6 +25,18 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+PLOTTED = ("z_mha/", "z_ffn/", "sparsity/", "loss/")  # the log's keys the figures draw
+
+
+def check_plotted_values(rows: list[dict], log_path) -> None:
+    """Every value the figures draw is a number (or null): a string or a list is refused, not drawn."""
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(PLOTTED) and value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise CheckpointError(log_path, f"step {row['step']}: {key} = {value!r} is not a number")
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -95,6 +108,7 @@ def plot_run(run_dir) -> int:
     """Write the run's PNGs into RUN_DIR/plots and list them."""
     run_dir = Path(run_dir)
     rows = read_log(run_dir)
+    check_plotted_values(rows, run_dir / "log.jsonl")
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     written = []
