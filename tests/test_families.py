@@ -331,3 +331,26 @@ def test_dphubert_recipe_values_and_sources():
         for key in ("target_sparsity", "steps", "lr", "warmup"):
             line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:")), None)
             assert line is None or "run.sh" in line, line
+
+
+def test_commands_on_a_hubert_file(tmp_path, capsys):
+    """inspect, bench (the reference: the dense model of the same family), export --drop-layers."""
+    import json
+
+    from pruned_upstream.cli import main
+    from pruned_upstream.training.models import teacher_arch
+
+    s3prl_checkpoint(tmp_path / "c.pt", "hubert")
+    assert main(["inspect", str(tmp_path / "c.pt")]) == 0
+    assert "total parameters" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "c.pt"), "--drop-layers", "top:1", "--out", str(tmp_path / "d.safetensors")]) == 0
+    shallow = load_model(tmp_path / "d.safetensors")
+    assert shallow.arch.family == "hubert" and shallow.num_layers == 1
+    capsys.readouterr()
+    assert main(["bench", str(tmp_path / "d.safetensors"), "--seconds", "0.5", "--repeats", "1", "--threads", "1",
+                 "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the reference is the dense HuBERT of the same shape (a WavLM one would add the position bias)
+    assert line["reference"]["params_M"] == line["model"]["params_M"] and line["macs_ratio"] == 1.0
+    tiny = teacher_arch("tiny", {"family": "wav2vec2"})  # demo --family wav2vec2's teacher
+    assert tiny.family == "wav2vec2" and not tiny.relative_position_embedding and not tiny.gru_rel_pos
