@@ -201,9 +201,11 @@ def dense_arch(
 # HuBERT and wav2vec 2.0: the defaults of s3prl's HubertConfig / Wav2Vec2Config
 # (upstream/hubert/hubert_model.py, upstream/wav2vec2/wav2vec2_model.py) are the
 # Base models; the Large ones are the models SUPERB scores (s3prl hubconf
-# hubert_large_ll60k, wav2vec2_large_ll60k): layer-norm CNN with conv bias, pre-LN,
-# normalised waveforms (transformers' do_stable_layer_norm models, e.g.
-# facebook/hubert-large-ll60k, facebook/wav2vec2-large-lv60).
+# hubert_large_ll60k, wav2vec2_large_ll60k): layer-norm CNN, pre-LN, normalised
+# waveforms, 24 x 1024 with 16 heads and FFN 4096 (fairseq's
+# examples/hubert/config/pretrain/hubert_large_librivox.yaml: conv_bias left at its
+# default, false; examples/wav2vec/config/pretraining/wav2vec2_large_librivox.yaml:
+# conv_bias true).
 PRESETS = ("base", "base_plus", "large", "hubert_base", "hubert_large", "wav2vec2_base", "wav2vec2_large")
 _LARGE = dict(extractor_mode="layer_norm", layer_norm_first=True, normalize=True)
 
@@ -217,7 +219,7 @@ def preset(name: str) -> WavLMArch:
     if family in ("hubert", "wav2vec2") and size == "base":
         return dense_arch(12, 768, 12, 3072, family=family)
     if family in ("hubert", "wav2vec2") and size == "large":
-        return dense_arch(24, 1024, 16, 4096, family=family, conv_bias=True, **_LARGE)
+        return dense_arch(24, 1024, 16, 4096, family=family, conv_bias=family == "wav2vec2", **_LARGE)
     raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
 
 

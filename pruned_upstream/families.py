@@ -46,7 +46,7 @@ _RELEASE_DEFAULTS = dict(
 )
 # Options of fairseq's configs our module does not implement: the value each must have.
 _UNSUPPORTED = dict(pos_conv_depth=1, layer_type="transformer", crop_seq_to_multiple=1, required_seq_len_multiple=1,
-                    quantize_input=False, untie_final_proj=False)
+                    quantize_input=False)
 # Pre-training heads: in the files, not in the backbone s3prl's upstreams run (dropped).
 _HEADS = re.compile(r"^(final_proj|label_embs_concat|quantizer|project_q|target_glu|project_inp)(\.|$)")
 # fairseq's names for a family (cfg.model._name; args.arch)

@@ -32,7 +32,7 @@ def model_cfg(family: str, mode="default", pre_ln=False):
                encoder_attention_heads=4, layer_norm_first=pre_ln, conv_feature_layers=TINY_CONV, conv_pos=8,
                conv_pos_groups=4, conv_bias=mode == "layer_norm", final_dim=16)
     if family == "hubert":
-        cfg["label_rate"] = 50.0
+        cfg.update(label_rate=50.0, untie_final_proj=pre_ln)  # HuBERT Large unties its final projection
     else:
         cfg.update(quantize_targets=True, latent_vars=8, latent_groups=2, latent_dim=0)
     return cfg
