@@ -123,6 +123,29 @@ def profile_ops(model, seconds: float, threads: int, rows: int = 12) -> str:
         torch.set_num_threads(previous)
 
 
+def loader_rate(source, crop: int, batch_size: int, workers: int, batches: int, seed: int = 0) -> dict:
+    """Utterances per second the training data pipeline delivers (trainer.build_data's parts).
+
+    `source`: a directory or manifest; the dataset reads headers when built, then every item is
+    decoded, resampled if needed and cropped by the DataLoader's workers. The first batch (worker
+    start) is not timed; `batches` batches after it are, or the rest of the epoch if shorter.
+    """
+    from .data.dataset import AudioDataset, collate
+    from .data.sampler import LengthBucketSampler
+
+    dataset = AudioDataset(source, crop, min_samples=0, seed=seed, scan="header")
+    sampler = LengthBucketSampler(dataset.lengths, batch_size, None, seed=seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+    it = iter(loader)
+    next(it)
+    start, utterances, samples = time.perf_counter(), 0, 0
+    for _, (wav, lengths) in zip(range(batches), it):
+        utterances, samples = utterances + wav.shape[0], samples + int(lengths.sum())
+    seconds = time.perf_counter() - start
+    return {"utterances_per_s": utterances / seconds, "audio_s_per_s": samples / SAMPLE_RATE / seconds,
+            "utterances": utterances, "seconds": seconds, "workers": workers, "batch_size": batch_size}
+
+
 # ---------------------------------------------------------------------------- against s3prl
 def compare_with_s3prl(seconds: float = 10.0, repeats: int = 5, threads: int = 2) -> dict:
     """Dense WavLM Base: ours vs s3prl's WavLM, the same random weights (docs/performance.md).

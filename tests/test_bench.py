@@ -322,3 +322,17 @@ def test_inference_path_equals_the_layers_as_written_and_follows_new_weights():
     model.load_state_dict(third.state_dict(), assign=True)  # new tensors
     for a, b in zip(inference(model), as_written(third)):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+# ---------------------------------------------------------------------------- the data pipeline's rate
+def test_loader_rate_counts_what_it_delivers(tmp_path):
+    from pruned_upstream.speed import loader_rate
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        soundfile.write(tmp_path / f"u{i:02d}.flac", (0.1 * rng.standard_normal(3000 + 500 * i)).astype(np.float32),
+                        16000, subtype="PCM_16")
+    r = loader_rate(tmp_path, 4000, 3, 0, 2)
+    assert r["utterances"] == 6 and r["workers"] == 0 and r["batch_size"] == 3
+    assert r["utterances_per_s"] == pytest.approx(6 / r["seconds"])
+    assert 6 * 3000 / 16000 / r["seconds"] <= r["audio_s_per_s"] <= 6 * 4000 / 16000 / r["seconds"]  # cropped to 4000
