@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from pruned_upstream.errors import CheckpointError
 from pruned_upstream.superb.records import RESULT_JSON, Experiment, ModelResults, check_metric
 from pruned_upstream.superb.references import TASKS
 from pruned_upstream.superb.s3prl_logs import TASK_METRIC_NAMES, TASK_SOURCES
@@ -29,10 +30,10 @@ def _latest_yaml(expdir: Path, pattern: str) -> dict:
         return {}
     try:
         content = yaml.safe_load(files[-1].read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{files[-1]}: unreadable YAML ({err})") from None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointError(files[-1], f"unreadable YAML ({' '.join(str(err).split())[:300]})") from None
     if not isinstance(content, dict):
-        raise ValueError(f"{files[-1]}: expected a YAML mapping, got {type(content).__name__}")
+        raise CheckpointError(files[-1], f"expected a YAML mapping, got {type(content).__name__}")
     return content
 
 
@@ -62,15 +63,15 @@ def task_of_downstream(args: dict, config: dict, expdir: Path) -> str:
 
 
 def _json_metrics(path: Path, task: str, value, unit: str) -> dict[str, float]:
-    scale = {"percent": 1.0, "fraction": 100.0}.get(unit)
-    if task not in TASKS or scale is None:
-        raise ValueError(f"{path}: task {task!r} must be one of {list(TASKS)} and unit {unit!r} "
-                         "'percent' or 'fraction'")
+    scale = {"percent": 1.0, "fraction": 100.0}.get(unit) if isinstance(unit, str) else None
+    if not isinstance(task, str) or task not in TASKS or scale is None:
+        raise CheckpointError(path, f"task {task!r} must be one of {list(TASKS)} and unit {unit!r} "
+                                    "'percent' or 'fraction'")
     names = TASK_METRIC_NAMES[task]
     values = value if isinstance(value, dict) else {names[0]: value}
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300 for v in values.values())
     if set(values) - set(names) or not numbers:
-        raise ValueError(f"{path}: metric for {task} must be a number or a mapping of {names}")
+        raise CheckpointError(path, f"metric for {task} must be a number or a mapping of {names}")
     return {name: check_metric(name, scale * v, str(path)) for name, v in values.items()}
 
 
@@ -79,10 +80,10 @@ def read_result_json(path: Path) -> tuple[str, dict[str, float]]:
     "unit": "fraction" multiplies by 100); SF takes {"SF-F1": f, "SF-CER": c}."""
     try:
         content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from None
+    except (ValueError, OSError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        raise CheckpointError(path, f"invalid JSON ({err})") from None
     if not isinstance(content, dict) or "task" not in content or "metric" not in content:
-        raise ValueError(f"{path}: expected {{\"task\": ..., \"metric\": ...}}")
+        raise CheckpointError(path, "expected {\"task\": ..., \"metric\": ...}")
     task = content["task"]
     return task, _json_metrics(path, task, content["metric"], content.get("unit", "percent"))
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pruned_upstream.errors import CheckpointError
 from pruned_upstream.superb.references import METRIC_INFO
 
 RESULT_JSON = "superb_result.json"   # {"task": "SD", "metric": 6.08}, written by our scripts
@@ -39,10 +40,11 @@ class Experiment:
 
 
 def check_metric(metric: str, value: float, where: str) -> float:
-    """`value` as a float, refusing NaN/inf, negative errors and accuracies outside 0..100."""
+    """`value` as a float, refusing NaN/inf, negative errors and accuracies outside 0..100
+    (a CheckpointError naming `where`, the file and line the value came from)."""
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {metric} = {value} is not a finite number")
+        raise CheckpointError(where, f"{metric} = {value} is not a finite number")
     higher = METRIC_INFO[metric][1]
     if metric != "QbE" and (value < 0 or (higher and value > 100)):
-        raise ValueError(f"{where}: {metric} = {value} is outside the range of a percentage")
+        raise CheckpointError(where, f"{metric} = {value} is outside the range of a percentage")
     return value

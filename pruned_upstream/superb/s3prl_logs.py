@@ -1,6 +1,9 @@
 """Where s3prl 0.4.18 writes each task's test metric, and the readers that find it (docs/superb_score.md).
 
-Every reader returns (value in references.METRICS units, "file:line") or None.
+Every reader returns (value in references.METRICS units, "file:line") or None. A value is
+only ever one the file states in full: a log that cannot be read, a matched line cut short
+(the file's last line without its newline: truncated, or still being written) or a value
+that is not a plain decimal number is a CheckpointError naming the file and line.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from pruned_upstream.errors import CheckpointError
 from pruned_upstream.superb.records import STDOUT_LOG
 from pruned_upstream.superb.references import TASKS
 
@@ -17,20 +21,31 @@ QBE_OURS_LOG = "score_twv_ours.log"  # our MTWV (superb/mtwv.py OURS_LOG), not t
 QBE_OURS_TAG = "[ours: superb/mtwv.py, not QUESST14's scorer]"
 
 
-def _matches(path: Path, pattern: re.Pattern) -> list[tuple[str, re.Match]]:
-    """(file:line, match) for each line of `path` matching `pattern`."""
+def _matches(path: Path, pattern: re.Pattern, whole_lines: bool = True) -> list[tuple[str, re.Match]]:
+    """(file:line, match) for each line of `path` matching `pattern`; `whole_lines`: a match
+    on a last line without its newline is refused (its value may be cut short)."""
     if not path.is_file():
         return []
-    lines = path.read_text(errors="replace").splitlines()  # also splits tqdm's \r
-    return [(f"{path}:{n}", m) for n, line in enumerate(lines, 1)
-            if (m := pattern.search(line.strip()))]
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        raise CheckpointError(path, f"cannot be read ({err.strerror or err})") from None
+    lines = text.splitlines()  # also splits tqdm's \r
+    found = [(n, m) for n, line in enumerate(lines, 1) if (m := pattern.search(line.strip()))]
+    if whole_lines and found and found[-1][0] == len(lines) and not text.endswith(("\n", "\r")):
+        raise CheckpointError(f"{path}:{len(lines)}", f"{lines[-1].strip()[:80]!r} is cut short (the file ends "
+                                                       "without a newline: truncated, or still being written); not read")
+    return [(f"{path}:{n}", m) for n, m in found]
+
+
+_DECIMAL = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 
 def _number(text: str, where: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{where}: {text!r} is not a number") from None
+    """A plain decimal number (what Python and dscore print); NaN, inf, '1_0', 'tensor(0.9)' are refused."""
+    if not _DECIMAL.fullmatch(text):
+        raise CheckpointError(where, f"{text!r} is not a number")
+    return float(text)
 
 
 _LOG_TEST = re.compile(r"^test at step (\d+): (\S+)$")
@@ -49,16 +64,20 @@ def read_log_accuracy(expdir: Path) -> tuple[float, str] | None:
     tests = _matches(expdir / "log.log", _LOG_TEST)
     if not tests:
         return None
-    best = _matches(expdir / "log.log", _LOG_BEST_DEV)
+    best = _matches(expdir / "log.log", _LOG_BEST_DEV, whole_lines=False)  # no value read from it
     chosen = [t for t in tests if t[1].group(1) == "0"]
     if not chosen and best:
-        chosen = [t for t in tests if t[1].group(1) == best[-1][1].group(1)]
+        step = best[-1][1].group(1)
+        chosen = [t for t in tests if t[1].group(1) == step]
+        if not chosen:  # another step's test line would be another checkpoint's result
+            raise CheckpointError(best[-1][0], f"the dev-best step {step} has no 'test at step {step}' line "
+                                               "(the run stopped before testing it?); no other step's result is read")
     where, match = (chosen or tests)[-1]
     return 100.0 * _number(match.group(2), where), where
 
 
-def _last_value(path: Path, pattern: str, scale: float) -> tuple[float, str] | None:
-    found = _matches(path, re.compile(pattern))
+def _last_value(path: Path, pattern: str, scale: float, whole_lines: bool = True) -> tuple[float, str] | None:
+    found = _matches(path, re.compile(pattern), whole_lines)
     if not found:
         return None
     where, match = found[-1]
@@ -81,9 +100,9 @@ def read_asv_eer(expdir: Path) -> tuple[float, str] | None:
 def read_sd_der(expdir: Path) -> tuple[float, str] | None:
     """SD: the lowest `*** OVERALL ***` DER (percent, dscore's 2nd column) over
     `scoring/result_th*_med*`, the files s3prl's diarization/score.sh writes."""
-    pattern = re.compile(r"\*\*\* OVERALL \*\*\*\s+(\S+)")
+    pattern = re.compile(r"\*\*\* OVERALL \*\*\*\s+(\S+)\s+\S")  # DER, then JER: the DER column is whole
     files = sorted(expdir.glob("scoring/result_th*_med*"))
-    found = [m for file in files for m in _matches(file, pattern)]
+    found = [m for file in files for m in _matches(file, pattern, whole_lines=False)]
     if not found:
         return None
     return min((_number(m.group(1), where), where) for where, m in found)
@@ -95,12 +114,12 @@ def read_qbe_mtwv(expdir: Path) -> tuple[float, str] | None:
     score_twv.log, else found in stdout.log; else the same line written by our
     own scorer (superb/mtwv.py) to score_twv_ours.log, its source then tagged
     QBE_OURS_TAG (not the official scorer). MTWV x 100."""
-    pattern = r"actTWV:\s*\S+\s+maxTWV:\s*(\S+)\s+Threshold:"
-    official = (_last_value(expdir / QBE_SCORE_LOG, pattern, 100.0)
-                or _last_value(expdir / STDOUT_LOG, pattern, 100.0))
+    pattern = r"actTWV:\s*\S+\s+maxTWV:\s*(\S+)\s+Threshold:"  # maxTWV is whole when Threshold: follows
+    official = (_last_value(expdir / QBE_SCORE_LOG, pattern, 100.0, whole_lines=False)
+                or _last_value(expdir / STDOUT_LOG, pattern, 100.0, whole_lines=False))
     if official:
         return official
-    ours = _last_value(expdir / QBE_OURS_LOG, pattern, 100.0)
+    ours = _last_value(expdir / QBE_OURS_LOG, pattern, 100.0, whole_lines=False)
     return (ours[0], f"{ours[1]} {QBE_OURS_TAG}") if ours else None
 
 
