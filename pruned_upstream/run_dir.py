@@ -287,17 +287,22 @@ def truncate_log(path: Path, step: int) -> None:
     """Drop the records after `step` (a resumed run writes them again)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line, row in _log_rows(path) if row["step"] <= step]  # a torn last line goes too
     path.write_text("".join(line + "\n" for line in kept))
 
 
 def read_log(run_dir) -> list[dict]:
-    """The rows of RUN_DIR/log.jsonl. A last line cut short (a run killed mid-write, no newline)
-    is dropped with a warning; any other line that is not a JSON object with an integer
-    `step` is a CheckpointError naming the file and line."""
+    """The rows of RUN_DIR/log.jsonl (see _log_rows)."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: not a run directory, or no step was logged yet")
+    return [row for _, row in _log_rows(path)]
+
+
+def _log_rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) of log.jsonl. A last line cut short (a run killed mid-write, no newline) is
+    dropped with a warning; any other line that is not a JSON object with an integer `step`
+    is a CheckpointError naming the file and line."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -316,7 +321,7 @@ def read_log(run_dir) -> list[dict]:
             raise CheckpointError(f"{path}:{number}", f"not a JSON line ({err})") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
             raise CheckpointError(f"{path}:{number}", "expected a JSON object with an integer 'step'")
-        rows.append(row)
+        rows.append((line, row))
     return rows
 
 

@@ -32,7 +32,7 @@ HF_CONFIG = dict(model_type="wavlm", hidden_size=32, num_hidden_layers=2, num_at
                  conv_dim=[32] * 5, conv_kernel=[10, 8, 4, 2, 2], conv_stride=[5, 4, 4, 2, 2],
                  num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, num_buckets=16, max_bucket_distance=40,
                  feat_extract_norm="group")
-FUZZ_CASES = 300
+FUZZ_CASES = 350
 
 
 def _weights(model) -> dict:
@@ -45,7 +45,9 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("valid")
     torch.manual_seed(0)
     save_model(WavLM(tiny_arch()), root / "ours.safetensors")
-    torch.save({"cfg": release_cfg(), "model": _weights(WavLM(arch_from_release_cfg(release_cfg())))}, root / "release.pt")
+    release = {"cfg": release_cfg(), "model": _weights(WavLM(arch_from_release_cfg(release_cfg())))}
+    torch.save(release, root / "release.pt")
+    torch.save(release, root / "legacy.pt", _use_new_zipfile_serialization=False)  # torch < 1.6's format
     (root / "hf").mkdir()
     (root / "hf" / "config.json").write_text(json.dumps(HF_CONFIG))
     save_file(_weights(WavLM(tiny_arch())), str(root / "hf" / "model.safetensors"))  # release names: HF's fixed points
@@ -53,12 +55,13 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     state = {"step": 3, "optimizer": {"state": {}, "param_groups": []}, "scheduler": {}, "lagrangian": {"l1": torch.ones(1)},
              "distiller": {}, "rng": {"torch": torch.get_rng_state()}, "data": {"epoch": 0, "batch": 3}}
     run_io.save_checkpoint(root / "run", 3, student, dataclasses.asdict(PruneConfig()), state)
-    return {"ours": root / "ours.safetensors", "release": root / "release.pt", "hf": root / "hf",
+    return {"ours": root / "ours.safetensors", "release": root / "release.pt", "legacy": root / "legacy.pt",
+            "hf": root / "hf",
             "run": run_io.checkpoint_dir(root / "run", 3)}
 
 
 def test_valid_files_load(valid):
-    for name in ("ours", "release", "hf"):
+    for name in ("ours", "release", "legacy", "hf"):
         assert load_model(valid[name]).num_params() > 0
     assert run_io.load_student(valid["run"]).arch == tiny_arch()
     assert run_io.read_state(valid["run"])["step"] == 3
@@ -84,6 +87,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
 TARGETS = [
     ("ours", None, load_model),
     ("release", None, load_model),
+    ("legacy", None, load_model),
     ("hf", "config.json", load_model),
     ("hf", "model.safetensors", load_model),
     ("run", run_io.STUDENT_FILE, run_io.load_student),
@@ -92,7 +96,7 @@ TARGETS = [
 
 
 def test_fuzz_every_failure_to_read_is_a_checkpoint_error(valid, tmp_path):
-    """300 seeded corruptions over every format: each loads, or raises CheckpointError naming the file."""
+    """350 seeded corruptions over every format: each loads, or raises CheckpointError naming the file."""
     rng, outcomes, start = random.Random(11), {"loaded": 0, "refused": 0}, time.perf_counter()
     for case in range(FUZZ_CASES):
         kind, inner, reader = TARGETS[case % len(TARGETS)]
@@ -291,3 +295,10 @@ def test_student_file_with_gates_that_do_not_match_is_refused(tmp_path, valid):
     save_file(weights, str(ckpt / run_io.STUDENT_FILE), metadata=dict(meta, pruned_upstream_prune='{"kinds": 3}'))
     with pytest.raises(CheckpointError, match="bad prune options in its metadata"):
         run_io.read_student_file(ckpt / run_io.STUDENT_FILE)
+
+
+def test_resume_truncation_of_log_jsonl_survives_a_torn_last_line(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    run_io.truncate_log(log, 2)
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
