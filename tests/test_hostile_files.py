@@ -302,3 +302,37 @@ def test_resume_truncation_of_log_jsonl_survives_a_torn_last_line(tmp_path):
     log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
     run_io.truncate_log(log, 2)
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_resume_from_a_damaged_checkpoint_ends_in_one_line_naming_the_file(tmp_path, capsys):
+    """prune --resume: a truncated student.safetensors, then a state.pt missing what resuming needs."""
+    import numpy as np
+    import soundfile as sf
+
+    from pruned_upstream import cli
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rows = [str(audio)]
+    for i in range(4):
+        sf.write(audio / f"u{i}.wav", (0.1 * np.random.default_rng(i).standard_normal(9000)).astype(np.float32), 16000)
+        rows.append(f"u{i}.wav\t9000")
+    (audio / "train.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    start = ["prune", "--config", "demo", f"data.source={audio / 'train.tsv'}", "teacher.arch.num_layers=2",
+             "data.crop=8000", "data.min_samples=1000", "train.batch_size=2", "run.threads=1", "run.progress=false",
+             "run.tensorboard=false", "train.steps=2", "train.save_every=2", "--out", str(out)]
+    assert cli.main(start) == 0, capsys.readouterr().err
+    (out / "summary.json").unlink()  # as if killed after the checkpoint
+    student = run_io.latest_checkpoint(out) / run_io.STUDENT_FILE
+    good = student.read_bytes()
+    student.write_bytes(good[: len(good) // 2])
+    capsys.readouterr()
+    assert cli.main(["prune", "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{student}: unreadable safetensors file" in err, err
+    student.write_bytes(good)
+    torch.save({"step": 2}, student.parent / run_io.STATE_FILE)
+    assert cli.main(["prune", "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "state.pt: 'optimizer' must be a dict, found nothing" in err, err
