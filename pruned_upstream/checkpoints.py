@@ -54,6 +54,9 @@ def load_model(path, drop_layers=None) -> WavLM:
         model = build_strict(arch, state, path)
     except CheckpointError:
         raise
+    except MemoryError:
+        raise CheckpointError(path, "reading it ran out of memory: it declares more than it stores, or more "
+                                    "than this machine holds") from None
     except Exception as err:  # KeyError, TypeError, IndexError, ... from a malformed file
         raise CheckpointError(path, f"unreadable ({type(err).__name__}: {str(err)[:200]})") from None
     if drop_layers:  # indices, top:K or uniform:K (model/depth.py)
