@@ -172,6 +172,9 @@ class WavLMArch:
         return WavLMArch(**d)
 
 
+MAX_DECLARED_LAYERS = 1000
+
+
 def dense_arch(
     num_layers: int = 12,
     embed_dim: int = 768,
@@ -182,6 +185,12 @@ def dense_arch(
     """A dense architecture; `kw` sets the other WavLMArch fields.
 
     For family hubert or wav2vec2 the position-bias fields default to off."""
+    # A file's configuration declares these: bound them before anything is built from them
+    # (a few bytes must not make us build a billion layers; the largest released model has 24).
+    if not 0 <= num_layers <= MAX_DECLARED_LAYERS:
+        raise ValueError(f"num_layers {num_layers} is outside [0, {MAX_DECLARED_LAYERS}]")
+    if not 0 < num_heads <= embed_dim:
+        raise ValueError(f"num_heads {num_heads} is outside [1, embed_dim = {embed_dim}]")
     if kw.get("family", "wavlm") != "wavlm":
         kw.setdefault("relative_position_embedding", False)
         kw.setdefault("gru_rel_pos", False)

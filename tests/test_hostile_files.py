@@ -178,6 +178,18 @@ def test_absurd_counts_in_a_hf_config_are_refused(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("key, value", [("encoder_layers", 10**9), ("encoder_attention_heads", 10**8)])
+def test_absurd_counts_in_a_release_cfg_are_refused_at_once(tmp_path, key, value):
+    """A release `cfg` is bounded before any architecture is built from it (arch.dense_arch)."""
+    small = release_cfg()
+    torch.save({"cfg": dict(small, **{key: value}), "model": _weights(WavLM(arch_from_release_cfg(small)))},
+               tmp_path / "absurd.pt")
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"absurd\.pt: .*is outside \["):
+        load_model(tmp_path / "absurd.pt")
+    assert time.perf_counter() - start < 5
+
+
 def test_zip_records_declaring_more_than_the_file_holds_are_refused(tmp_path):
     buffer = io.BytesIO()
     torch.save({"cfg": release_cfg(), "model": {"w": torch.zeros(4_000_000)}}, buffer)
