@@ -198,6 +198,7 @@ def run_demo(out: str = "demo_out", quick: bool = False, layers: bool = False, f
     _step(f"{n}/{n} report")
     from .demo_report import write_report
 
-    report = write_report(out, summary, speed, base, superb, plots, quick, table, time.perf_counter() - t0)
+    report = write_report(out, summary, speed, base, superb, plots, quick, table, time.perf_counter() - t0,
+                          family)
     print(f"\nreport: {report}  ({time.perf_counter() - t0:.0f} s in all)")
     return 0

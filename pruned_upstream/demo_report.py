@@ -9,13 +9,15 @@ from .superb.references import METRIC_INFO, METRICS
 
 
 def write_report(out: Path, summary: dict, speed: dict, base: dict, superb, plots: list[Path],
-                 quick: bool, layer_table: str | None = None, seconds: float | None = None) -> Path:
+                 quick: bool, layer_table: str | None = None, seconds: float | None = None,
+                 family: str = "wavlm") -> Path:
+    name = {"wavlm": "WavLM", "hubert": "HuBERT", "wav2vec2": "wav2vec 2.0"}.get(family, family)
     t, m = speed["teacher"], speed["model"]
     bd, bp = base["dense"], base["pruned"]
     lines = [
         "# pruned-upstream demo",
         "",
-        "A small WavLM teacher with fixed random weights, distilled and pruned on a",
+        f"A small {name} teacher with fixed random weights, distilled and pruned on a",
         "synthesized (espeak-ng) corpus, exported, benchmarked, and evaluated on the ten",
         "SUPERB tasks through s3prl's own downstream runner, on small data sets laid out",
         "as the real corpora are (docs/superb_small_data.md).",

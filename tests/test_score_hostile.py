@@ -117,3 +117,13 @@ def test_fuzz_score_names_a_file_or_reports_only_numbers_read_in_full(tmp_path):
             victim.write_bytes(original)
     assert outcomes["refused"] > 30 and outcomes["read"] > 30, outcomes
     assert read_results(model)[0].metrics == pytest.approx(dict(reference_model("wav2vec 2.0 Base").metrics))
+
+
+def test_an_unreadable_upstream_file_leaves_its_size_out_and_says_why(tmp_path, capsys):
+    from pruned_upstream.commands.score import upstream_size
+
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    assert upstream_size(str(bad)) is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {bad}: ") and "parameters and MACs are left out" in err

@@ -8,6 +8,7 @@ the score itself does not).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..superb.plot import plot_score_vs_params
@@ -28,7 +29,8 @@ def upstream_size(ckpt: str | None) -> dict | None:
 
     try:
         model = load_model(ckpt)
-    except ValueError:
+    except ValueError as err:  # CheckpointError included: say why the size columns stay empty
+        print(f"warning: {err}; its parameters and MACs are left out", file=sys.stderr)
         return None
     return {"params_m": model.num_params() / 1e6,
             "macs_g": superb_macs(model.arch, SUPERB_LENGTHS, leaderboard=True) / 1e9}
