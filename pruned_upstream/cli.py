@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("prune", help="distil and prune a student (the paper's method)")
-    s.add_argument("--config", help="a named config (demo, demo_shallow, wavlm_base_sp80, final_distill) or a YAML "
+    from .config_files import CONFIG_DIR
+
+    named = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    s.add_argument("--config", help=f"a named config ({named}) or a YAML "
                    "file; needed to start a run, not to --resume one (its saved config.yaml is used)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
     s.add_argument("--out", required=True, help="run directory")
