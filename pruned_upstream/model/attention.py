@@ -59,7 +59,13 @@ def additive_padding_mask(padding_mask: torch.Tensor, dtype: torch.dtype) -> tor
 
 
 def frozen(*tensors: torch.Tensor) -> bool:
-    """True when no gradient can flow into `tensors` here (evaluation, a frozen teacher, inference)."""
+    """True when no gradient can flow into `tensors` here (evaluation, a frozen teacher, inference).
+
+    Under torch.compile always False: the compiler gets the layers as written (the
+    inference paths' caches would break its graph in every layer).
+    """
+    if torch.compiler.is_compiling():
+        return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 

@@ -97,7 +97,8 @@ class ConvBlock(nn.Module):
         return None if self.gate_conv is None else self.gate_conv()[None, :, None]
 
 
-CHUNK_FRAMES = 1024  # output frames of the CNN's second layer per step of FeatureExtractor._first_two
+CHUNKED_LAYERS = 3  # the CNN's first layers that FeatureExtractor._front runs a slice of time at a time
+CHUNK_FRAMES = 1024  # output frames of the last of them per slice
 
 
 class FeatureExtractor(nn.Module):
@@ -118,41 +119,57 @@ class FeatureExtractor(nn.Module):
     def forward(self, wav):
         x = wav.unsqueeze(1)  # (B, 1, S)
         blocks = list(self.conv_layers)
-        if self._chunked(x):
-            x, blocks = self._first_two(x), blocks[2:]
+        m = self._chunked_layers(x)
+        if m:
+            x, blocks = self._front(x, m), blocks[m:]
         for block in blocks:
             x = block(x)
         return x
 
-    def _chunked(self, x) -> bool:
-        if len(self.conv_layers) < 2 or not self.conv_layers[0]._normalised_by_stats(x):
-            return False
-        first, second = getattr(self.conv_layers[0], "0"), self.conv_layers[1]
-        first_frames = (x.shape[-1] - first.kernel_size[0]) // first.stride[0] + 1
-        return not second.has_norm and frozen(*second.parameters()) and first_frames >= getattr(second, "0").kernel_size[0]
+    def _chunked_layers(self, x) -> int:
+        """How many of the first layers `_front` runs (0: none): the first and those after it
+        without a norm, at most CHUNKED_LAYERS, when each still has an output frame."""
+        blocks = self.conv_layers
+        if len(blocks) < 2 or not blocks[0]._normalised_by_stats(x):
+            return 0
+        m = 1
+        while m < min(CHUNKED_LAYERS, len(blocks)) and not blocks[m].has_norm and frozen(*blocks[m].parameters()):
+            m += 1
+        frames = x.shape[-1]
+        for block in blocks[:m]:
+            conv = getattr(block, "0")
+            frames = (frames - conv.kernel_size[0]) // conv.stride[0] + 1
+        return m if m > 1 and frames >= 1 else 0
 
-    def _first_two(self, x):
-        """The first two conv blocks at inference, a slice of time at a time (CHUNK_FRAMES).
+    def _front(self, x, m: int):
+        """The first m conv blocks at inference, a slice of time at a time (CHUNK_FRAMES).
 
-        The first layer's output (512 x 32,000 floats, 65 MB, for 10 s) is never
-        held whole: each slice of it is made (`ConvBlock.normalised_frames`), passed
-        through GELU and the second conv while it is in cache. A tensor that large is
-        also allocated fresh by the C library on every forward (above its mmap
-        threshold) and paid for in page faults: 23 ms per 65 MB on one thread
-        (docs/performance.md section 6). The values are those of the two blocks.
+        Neither the first layer's output (512 x 32,000 floats, 65 MB, for 10 s) nor the
+        second's is ever held whole: each slice of the m-th layer's output is made from
+        the frames it needs (`ConvBlock.normalised_frames` for the first layer), while
+        they are in cache. Tensors that large are also allocated fresh by the C library
+        on every forward (above its mmap threshold) and paid for in page faults: 23 ms
+        per 65 MB on one thread (docs/performance.md section 6). Neighbouring slices
+        overlap by kernel - stride frames per layer (recomputed); the values are those
+        of the m blocks.
         """
-        first, second = self.conv_layers[0], self.conv_layers[1]
-        weight, shift, frames = first.normalised_frames(x)
-        conv = getattr(second, "0")
-        k, s = conv.kernel_size[0], conv.stride[0]
-        t1 = (frames.shape[1] - k) // s + 1
-        out = x.new_empty(x.shape[0], conv.out_channels, t1)
-        gate0, gate1 = first.gate_values(), second.gate_values()
-        for a in range(0, t1, CHUNK_FRAMES):
-            e = min(t1, a + CHUNK_FRAMES)
-            h = F.gelu(torch.baddbmm(shift, weight, frames[:, a * s : (e - 1) * s + k].transpose(1, 2)))
-            y = F.gelu(conv(h if gate0 is None else h * gate0))
-            out[:, :, a:e] = y if gate1 is None else y * gate1
+        weight, shift, frames = self.conv_layers[0].normalised_frames(x)
+        convs = [getattr(b, "0") for b in self.conv_layers[1:m]]
+        gates = [b.gate_values() for b in self.conv_layers[:m]]
+        t_out = frames.shape[1]
+        for conv in convs:
+            t_out = (t_out - conv.kernel_size[0]) // conv.stride[0] + 1
+        out = x.new_empty(x.shape[0], convs[-1].out_channels, t_out)
+        for a in range(0, t_out, CHUNK_FRAMES):
+            lo, hi = a, min(t_out, a + CHUNK_FRAMES)
+            for conv in reversed(convs):  # the input frames each output range needs
+                lo, hi = lo * conv.stride[0], (hi - 1) * conv.stride[0] + conv.kernel_size[0]
+            h = F.gelu(torch.baddbmm(shift, weight, frames[:, lo:hi].transpose(1, 2)))
+            h = h if gates[0] is None else h * gates[0]
+            for conv, gate in zip(convs, gates[1:]):
+                h = F.gelu(conv(h))
+                h = h if gate is None else h * gate
+            out[:, :, a : min(t_out, a + CHUNK_FRAMES)] = h
         return out
 
 
