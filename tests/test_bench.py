@@ -357,3 +357,36 @@ def test_loader_rate_counts_what_it_delivers(tmp_path):
     assert r["utterances"] == 6 and r["workers"] == 0 and r["batch_size"] == 3
     assert r["utterances_per_s"] == pytest.approx(6 / r["seconds"])
     assert 6 * 3000 / 16000 / r["seconds"] <= r["audio_s_per_s"] <= 6 * 4000 / 16000 / r["seconds"]  # cropped to 4000
+
+
+def test_bench_names_the_machine_and_times_a_padded_batch(tmp_path, capsys, monkeypatch):
+    import pruned_upstream.speed as speed
+
+    torch.manual_seed(0)
+    dense = tmp_path / "dense.safetensors"
+    save_model(WavLM(tiny_arch()), dense)
+    seen = []
+    real = WavLM.forward
+    monkeypatch.setattr(WavLM, "forward", lambda self, wav, lengths=None: seen.append(
+        (tuple(wav.shape), None if lengths is None else lengths.tolist())) or real(self, wav, lengths))
+    out = _bench_json(capsys, [str(dense), "--batch", "4"])
+    assert out["batch_lengths"] == speed.mixed_lengths(4, 0.3) == [1920, 2880, 3840, 4800]
+    # padded to the longest, lengths passed; warm-up + 1 repeat of the model and of the reference
+    assert seen == [((4, 4800), [1920, 2880, 3840, 4800])] * 4
+    assert out["machine"]["vector"] == torch.backends.cpu.get_cpu_capability() and out["machine"]["cpu"]
+    assert out["compiled"] is False and "compile_and_warmup_s" not in out
+    assert main(["bench", str(dense), "--seconds", "0.3", "--repeats", "1", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}" in text.splitlines()[1]
+    assert main(["bench", str(dense), "--seconds", "0.3", "--batch", "0"]) == 1
+    assert "--batch must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_compile_times_the_compiled_models(tmp_path, capsys):
+    torch.manual_seed(0)
+    dense = tmp_path / "dense.safetensors"
+    save_model(WavLM(tiny_arch()), dense)
+    out = _bench_json(capsys, [str(dense), "--compile"])
+    assert out["compiled"] is True and out["compile_and_warmup_s"] > 0
+    assert out["model"]["seconds"] > 0 and out["macs_ratio"] == 1.0
