@@ -7,7 +7,7 @@
 #   scripts/gpu_check.sh            # on a GPU machine, from the checkout (about a minute on one H100/H200)
 #   scripts/gpu_check.sh --dry-run  # on CPU, tiny sizes: the same code path (run by the tests)
 #
-# Needs only torch (and numpy, PyYAML, safetensors, tqdm) and this checkout: no data, no
+# Needs only torch (and numpy, PyYAML, tqdm) and this checkout: no data, no
 # weights, no network, no soundfile, s3prl or torchaudio. PYTHON picks the interpreter.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
