@@ -328,6 +328,12 @@ def test_inference_path_equals_the_layers_as_written_and_follows_new_weights():
 
     for a, b in zip(inference(model), as_written(model)):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    one = wav[:1, :7000]  # batch 1: the gated position bias of the kept heads is made in place
+    with torch.inference_mode():
+        a = model(one)[-1]
+    with torch.enable_grad():
+        b = model(one)[-1].detach()
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max()
     long = torch.randn(1, 120_000) * 0.3  # several time slices of the chunked CNN layers, overlapping
     with torch.inference_mode():
         a = model.feature_extractor(long)

@@ -242,7 +242,11 @@ class SelfAttention(nn.Module):
         if position_bias is not None:
             pb = position_bias if self.all_heads else position_bias.index_select(0, self.head_index)
             if self.arch.gru_rel_pos and self.layer.heads:
-                bias = self.rel_gate(x) * pb  # (B, H, T, 1) * (H, T, T) -> (B, H, T, T)
+                gate = self.rel_gate(x)
+                if not self.all_heads and gate.shape[0] == 1 and not torch.is_grad_enabled():
+                    bias = pb.mul_(gate[0]).unsqueeze(0)  # pb is this layer's own copy: no second (H, T, T) tensor
+                else:
+                    bias = gate * pb  # (B, H, T, 1) * (H, T, T) -> (B, H, T, T)
             else:
                 bias = pb.unsqueeze(0)
         if padding_mask is not None:  # a (B, T) bool mask, or the encoder's additive one built once
