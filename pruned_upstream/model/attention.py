@@ -190,7 +190,7 @@ class SelfAttention(nn.Module):
         o = o.transpose(1, 2).reshape(b, t, h * self.width)  # (B, T, H * width)
         return o.index_select(2, self.vo_index) if self.pad_vo else o
 
-    # ---- inference: the padded layout laid out once --------------------------------
+    # ---- inference: one projection for q, k and v (docs/performance.md section 6.1) --
     def _projections(self) -> tuple:
         return tuple(p for m in (self.q_proj, self.k_proj, self.v_proj, self.out_proj) for p in (m.weight, m.bias))
 
