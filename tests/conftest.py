@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 TINY_CONV = "[(32,10,5)] + [(32,8,4)] + [(32,4,4)] + [(32,2,2)] * 2"  # 320x downsampling
@@ -53,3 +54,11 @@ def save_release_checkpoint(path, cfg: dict, seed: int = 0):
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A test that runs a trainer (run.threads=1) leaves torch's thread count as it found it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

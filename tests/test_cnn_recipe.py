@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
+
+from training_fixtures import write_manifest
 
 from pruned_upstream import run_dir as run_io
 from pruned_upstream.arch import preset
@@ -37,17 +36,7 @@ def test_recipe_is_the_paper_recipe_plus_conv_gates_at_the_same_size():
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("audio")
-    rng = np.random.default_rng(1)
-    rows = [str(root)]
-    for i in range(8):
-        n = int(rng.integers(6400, 12000))
-        t = np.arange(n) / 16000
-        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(90, 250) * t) + 0.02 * rng.standard_normal(n)
-        sf.write(root / f"u{i}.wav", wav.astype(np.float32), 16000)
-        rows.append(f"u{i}.wav\t{n}")
-    (root / "train.tsv").write_text("\n".join(rows) + "\n")
-    return str(root / "train.tsv")
+    return write_manifest(tmp_path_factory.mktemp("audio"), 8, seed=1)
 
 
 def test_a_short_run_of_the_recipe_trains_the_cnn_gates(manifest, tmp_path):

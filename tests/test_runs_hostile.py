@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
+
+from training_fixtures import tiny, write_manifest
 
 from pruned_upstream import cli
 from pruned_upstream import run_dir as run_io
@@ -28,32 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
-    """8 utterances of 0.4-0.7 s of harmonics in noise, 16 kHz."""
-    root = tmp_path_factory.mktemp("audio")
-    rng, rows = np.random.default_rng(1), [str(root)]
-    for i in range(8):
-        n = int(rng.integers(6400, 11000))
-        t = np.arange(n) / 16000
-        wav = 0.2 * np.sin(2 * np.pi * rng.uniform(90, 250) * t) + 0.02 * rng.standard_normal(n)
-        sf.write(root / f"u{i}.wav", wav.astype(np.float32), 16000)
-        rows.append(f"u{i}.wav\t{n}")
-    (root / "train.tsv").write_text("\n".join(rows) + "\n")
-    return str(root / "train.tsv")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+    return write_manifest(tmp_path_factory.mktemp("audio"), 8, seed=1)
 
 
 def first_start(manifest: str, *extra: str) -> list[str]:
     """The first start's overrides of the demo config (warm-ups of 10 % and 20 % of the steps)."""
-    return [f"data.source={manifest}", "teacher.arch.num_layers=2", "distill.every=1", "data.crop=8000",
-            "data.min_samples=1000", "train.batch_size=2", "run.threads=1", "run.progress=false",
-            "run.tensorboard=false", "train.log_every=1", "train.warmup=0.1", "train.sparsity_warmup=0.2",
-            "train.steps=10", "train.save_every=4", "run.keep_checkpoints=0", *extra]
+    return tiny(manifest, "train.warmup=0.1", "train.sparsity_warmup=0.2", "train.steps=10", "train.save_every=4",
+                "run.keep_checkpoints=0", *extra)
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:

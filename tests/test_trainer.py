@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+
+from training_fixtures import tiny, write_manifest
 
 from pruned_upstream import cli
 from pruned_upstream import run_dir as run_io
@@ -43,33 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
-    """12 utterances of 0.4-0.75 s: gliding harmonics in noise, 16 kHz."""
-    root = tmp_path_factory.mktemp("audio")
-    rng = np.random.default_rng(0)
-    rows = [str(root)]
-    for i in range(12):
-        n = int(rng.integers(6400, 12000))
-        t = np.arange(n) / 16000
-        f0 = rng.uniform(90, 250) * (1 + 0.2 * t)
-        wav = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6)) * 0.2 + 0.02 * rng.standard_normal(n)
-        sf.write(root / f"u{i}.wav", wav.astype(np.float32), 16000)
-        rows.append(f"u{i}.wav\t{n}")
-    (root / "train.tsv").write_text("\n".join(rows) + "\n")
-    return str(root / "train.tsv")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(manifest: str, *extra: str) -> list[str]:
-    """Overrides of the demo config: a 2-layer tiny teacher, batches of 2, no progress bar."""
-    return [f"data.source={manifest}", "teacher.arch.num_layers=2", "distill.every=1", "data.crop=8000",
-            "data.min_samples=1000", "train.batch_size=2", "run.threads=1", "run.progress=false",
-            "run.tensorboard=false", "train.log_every=1", *extra]
+    return write_manifest(tmp_path_factory.mktemp("audio"), 12, seed=0)
 
 
 def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
