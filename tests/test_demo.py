@@ -60,3 +60,21 @@ def test_without_s3prl_source_tree_the_demo_names_what_is_missing(tmp_path, monk
         assert task in missing and "git clone" in missing[task], task
     monkeypatch.setattr(preflight, "installed_s3prl_root", lambda: None)
     assert all("s3prl is not installed" in why for why in unavailable_tasks(bundle).values())
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2"])
+def test_demo_prunes_and_exports_a_teacher_of_each_family(tmp_path, family):
+    """`demo --family F`'s pruning and export steps: the tiny random teacher, the student and the file are F."""
+    from training_fixtures import write_manifest
+
+    from pruned_upstream.demo import export_models, prune
+
+    (tmp_path / "audio").mkdir()
+    manifest = write_manifest(tmp_path / "audio", 8, seed=2)
+    run_dir = prune(tmp_path, manifest, quick=True, family=family)
+    assert run_dir.name == f"run_{family}"
+    model_path, teacher_path, summary = export_models(tmp_path, run_dir)
+    model, teacher = load_model(model_path), load_model(teacher_path)
+    assert model.arch.family == teacher.arch.family == family
+    assert not teacher.arch.relative_position_embedding and not model.arch.gru_rel_pos
+    assert model.num_params() == summary["params"] < teacher.num_params()
