@@ -259,8 +259,11 @@ class ScalarLog:
         self.writer = _tensorboard_writer(Path(run_dir) / "tb", resume_step) if tensorboard else None
 
     def write(self, step: int, scalars: dict, extra: dict | None = None) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars, **(extra or {})}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **scalars, **(extra or {})}) + "\n")
+        except OSError as err:  # full disk, quota, I/O error: a line cut short is dropped on resume (read_log)
+            raise RunWriteError(self.path, err) from None
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(key, value, step)
@@ -342,5 +345,18 @@ def read_summary(run_dir) -> dict:
 def write_json(path, data: dict) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as err:  # the previous file, if any, stays whole
+        tmp.unlink(missing_ok=True)
+        raise RunWriteError(path, err) from None
+
+
+class RunWriteError(OSError):
+    """A run's log or summary could not be written: one line naming the file and what to do."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(f"cannot write {path} ({err.strerror or err}); the run stopped, its last complete "
+                         f"checkpoint stays: free space, then `pruned-upstream prune --out {path.parent} --resume`")

@@ -201,6 +201,36 @@ def test_full_disk_stops_the_run_keeps_the_last_checkpoint_and_resume_continues(
     assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
 
 
+@pytest.mark.parametrize("victim", ["log.jsonl", "summary.json.tmp"])
+def test_full_disk_on_the_log_or_the_summary_stops_in_one_line_and_resume_finishes(
+        manifest, reference, tmp_path, monkeypatch, capsys, victim):
+    """ENOSPC while appending log.jsonl (at step 6) or writing summary.json: one line naming the file."""
+    import builtins
+
+    real_open, calls = builtins.open, {"n": 0}
+
+    def disk_full(file, mode="r", *args, **kwargs):
+        if Path(file).name == victim and mode[0] in "aw":
+            calls["n"] += 1
+            if victim == "summary.json.tmp" or calls["n"] == 6:
+                raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", disk_full)
+    out = tmp_path / "run"
+    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"cannot write {out / victim.removesuffix('.tmp')} (No space left on device)" in err
+    assert f"pruned-upstream prune --out {out} --resume" in err
+    assert not (out / "summary.json").exists() and not (out / "summary.json.tmp").exists()
+    monkeypatch.setattr(builtins, "open", real_open)  # space freed
+    assert cli.main(["prune", "--out", str(out), "--resume"]) == 0
+    assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 10
+
+
 FSIZE_SAVE = textwrap.dedent("""
     import dataclasses, resource, signal, sys
     import torch
