@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -265,3 +266,26 @@ def test_a_write_past_the_file_size_limit_leaves_the_previous_checkpoint(tmp_pat
     state = torch.load(run_io.latest_checkpoint(out) / run_io.STATE_FILE, map_location="cpu", weights_only=True)
     assert state["step"] == 1 and state["blob"].numel() == 50_000
     assert run_io.load_student(out).arch.num_layers == 2
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_stops_both_ddp_processes(manifest, tmp_path):
+    """2 gloo processes, files limited to 48 KB (the first checkpoint is larger): both stop, none hangs."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, 48 << 10))
+
+    out = tmp_path / "ddp"
+    args = first_start(manifest, "train.save_every=3", "data.length_jitter=0")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "pruned_upstream.cli", "prune", "--config", "demo", *args, "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=240, preexec_fn=limit,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    stopped = [line for line in proc.stderr.splitlines() if line.startswith("pruned-upstream prune: error:")]
+    assert len(stopped) == 2, proc.stderr[-3000:]  # each process says why it stopped
+    assert all("step-3" in line and "File too large" in line for line in stopped), stopped
+    assert run_io.list_checkpoints(out) == [] and not list((out / "checkpoints").glob(".tmp-*"))
