@@ -289,3 +289,17 @@ def test_a_failed_checkpoint_write_stops_both_ddp_processes(manifest, tmp_path):
     assert len(stopped) == 2, proc.stderr[-3000:]  # each process says why it stopped
     assert all("step-3" in line and "File too large" in line for line in stopped), stopped
     assert run_io.list_checkpoints(out) == [] and not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_full_disk_when_taking_the_lock_says_so_in_one_line(tmp_path, monkeypatch):
+    import pruned_upstream.training.lock as lock_module
+
+    def no_space(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock_module.os, "write", no_space)
+    with pytest.raises(OSError, match=r"cannot write .*\.lock \(No space left on device\): free space"):
+        RunLock(tmp_path).acquire()
+    monkeypatch.undo()
+    with RunLock(tmp_path):  # the failed attempt left no lock behind
+        pass

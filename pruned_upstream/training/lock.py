@@ -43,10 +43,15 @@ class RunLock:
                 raise
             raise RunLocked(f"{self.path.parent} is in use by another prune ({holder(self.path)}): "
                             f"wait for it to end, or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                 .encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                     .encode())
+            os.fsync(fd)
+        except OSError as err:  # full disk, quota, read-only file system: nothing has started yet
+            os.close(fd)
+            raise OSError(f"cannot write {self.path} ({err.strerror or err}): free space or choose another --out; "
+                          "nothing was run") from None
         self.fd = fd
         return self
 
