@@ -6,6 +6,8 @@
       log.jsonl                     one JSON object of scalars per log step
       tb/                           TensorBoard events (the same scalars)
       summary.json                  at the end
+      skipped_audio.tsv             audio files found unusable when read (reason<TAB>path), if any
+      .lock                         held while a prune runs (training/lock.py)
 
 `student.safetensors` holds the student's weights with every gate's
 `log_alpha`; its metadata holds the architecture (JSON, as our model files)

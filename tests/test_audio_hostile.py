@@ -10,9 +10,11 @@ training run's log names the files used and skipped.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +299,25 @@ def test_training_log_states_files_used_and_skipped(tmp_path, caplog):
     for wav, _ in loader:
         assert bool(torch.isfinite(wav).all())
     assert dataset.skipped["nonfinite"] == 1  # ...and is caught when read, never fed
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_files_found_bad_in_workers_reach_the_runs_summary(tmp_path, workers):
+    """A manifest's lengths check nothing: the text file named .wav is found when read, by a
+    DataLoader worker's copy of the dataset, and still counted once in summary.json."""
+    from training_fixtures import tiny, write_manifest
+
+    from pruned_upstream.training.run import run_prune
+    from pruned_upstream.training.trainer import BAD_AUDIO_LOG
+
+    (tmp_path / "audio").mkdir()
+    manifest = Path(write_manifest(tmp_path / "audio", 6, seed=3))
+    (tmp_path / "audio" / "text.wav").write_text("not audio at all\n" * 2000)
+    manifest.write_text(manifest.read_text() + "text.wav\t9000\n")
+    out = tmp_path / "run"
+    assert run_prune("demo", tiny(str(manifest), "data.scan=lengths", f"data.num_workers={workers}",
+                                  "train.steps=8", "train.save_every=8"), out) == 0
+    skipped = json.loads((out / "summary.json").read_text())["skipped_audio"]
+    assert skipped["unreadable"] == 1 and sum(skipped.values()) == 1, skipped
+    lines = (out / BAD_AUDIO_LOG).read_text().splitlines()
+    assert lines and all(line == f"unreadable\t{tmp_path / 'audio' / 'text.wav'}" for line in lines), lines

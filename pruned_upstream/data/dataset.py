@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ class AudioDataset(Dataset):
         scan: str = "full",
         target_sr: int = TARGET_SR,
         mixdown: bool = True,
+        bad_log=None,
     ):
         if crop_samples <= 0 or min_samples < 0:
             raise ValueError(f"need crop_samples > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
@@ -74,6 +76,10 @@ class AudioDataset(Dataset):
             raise ValueError(f"no usable audio in {source!r}: skipped {self.skipped}")
         self.lengths = np.minimum(self.num_samples, crop_samples)  # int64 (N,)
         self._bad: set[int] = set()  # items found unusable when read (shallow scans)
+        # Files found unusable when read are also appended to `bad_log` (one "reason<TAB>path" line
+        # each), which every DataLoader worker and DDP rank shares: `run_skipped()` counts them all.
+        self.scan_skipped = dict(self.skipped)
+        self.bad_log = None if bad_log is None else Path(bad_log)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -111,6 +117,29 @@ class AudioDataset(Dataset):
         self._bad.add(j)
         self.skipped[err.reason] += 1
         log.warning("skipping audio file %s; using the next file instead", err)
+        if self.bad_log is not None:  # one short O_APPEND write: lines of several processes do not mix
+            try:
+                with open(self.bad_log, "a") as f:
+                    f.write(f"{err.reason}\t{self.paths[j]}\n")
+            except OSError as write_err:  # the warning above is the record then
+                log.warning("could not record it in %s: %s", self.bad_log, write_err)
+
+    def run_skipped(self) -> dict[str, int]:
+        """Files skipped by the scan plus every file found unusable when read, by any process.
+
+        Without `bad_log` this is `skipped` (this process only). A file found bad by
+        several workers counts once.
+        """
+        if self.bad_log is None or not self.bad_log.is_file():
+            return dict(self.skipped)
+        counts = dict(self.scan_skipped)
+        seen: set[str] = set()
+        for line in self.bad_log.read_text(errors="replace").splitlines():
+            reason, _, path = line.partition("\t")
+            if path and path not in seen and reason in counts:
+                seen.add(path)
+                counts[reason] += 1
+        return counts
 
 
 def collate(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,9 @@ from .sparsity import Lagrangian, make_optimizers, make_scheduler, target_sparsi
 log = logging.getLogger(__name__)
 
 
+BAD_AUDIO_LOG = "skipped_audio.tsv"  # files found unusable when read, by any worker or rank (reason<TAB>path)
+
+
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient: the run stops, its last good checkpoint stays."""
 
@@ -53,7 +56,8 @@ def build_data(cfg: Config, run_dir: Path, env: DistEnv):
         raise ValueError("data.source is not set: a LibriSpeech directory, a manifest .tsv, or demo")
     if source == "demo":
         source = _demo_manifest(run_dir / "corpus", env)
-    dataset = AudioDataset(source, cfg.data.crop, cfg.data.min_samples, seed=cfg.train.seed, scan=cfg.data.scan)
+    dataset = AudioDataset(source, cfg.data.crop, cfg.data.min_samples, seed=cfg.train.seed, scan=cfg.data.scan,
+                           bad_log=run_dir / BAD_AUDIO_LOG)
     if env.main:  # the run's log says at start what data it trains on (docs/data.md, "Skip policy")
         log.info("%s: %s", source, dataset.summary())
     sampler = LengthBucketSampler(dataset.lengths, cfg.train.batch_size, cfg.train.max_batch_samples,
@@ -256,4 +260,4 @@ class Trainer:
                 "sparsity": 1.0 - kept / total, "expected_sparsity": float(expected_sparsity(student).detach()) if prune else None,
                 "params": compact.num_params(), "teacher_params": self.teacher.num_params(),
                 "prunable_params": {"kept": kept, "total": total}, "distill_loss": self.last.get("distill_loss"),
-                "pairs": self.last.get("pairs"), "skipped_audio": self.dataset.skipped, "seconds": round(seconds, 1)}
+                "pairs": self.last.get("pairs"), "skipped_audio": self.dataset.run_skipped(), "seconds": round(seconds, 1)}
