@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from superb_cli_helpers import s3prl_source_root
+from superb_cli_helpers import runner_overrides, s3prl_source_root
 
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.superb_data.librispeech import DEFAULT_SPLITS, build_librispeech
@@ -41,8 +41,7 @@ def s3prl_root() -> Path:
 
 def asr_override(corpus, steps: int = STEPS, *extra: str) -> str:
     return ",,".join([
-        f"config.runner.total_steps={steps}", f"config.runner.eval_step={steps}", f"config.runner.save_step={steps}",
-        f"config.runner.log_step={min(steps, 50)}",
+        *runner_overrides(steps, log_step=min(steps, 50)),
         f"config.downstream_expert.datarc.libri_root='{corpus.root}'",
         f"config.downstream_expert.datarc.bucket_file='{corpus.bucket_dir}'",
         "config.downstream_expert.datarc.batch_size=4", "config.downstream_expert.datarc.num_workers=0",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from superb_cli_helpers import s3prl_source_root
+from superb_cli_helpers import runner_overrides, s3prl_source_root
 
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.superb_data.librispeech import (
@@ -43,8 +43,7 @@ def s3prl_root() -> Path:
 def pr_override(corpus, *extra: str) -> str:
     """The -o a small PR run needs: data, lexicon, tiny sizes, no loader workers."""
     return ",,".join([
-        f"config.runner.total_steps={STEPS}", f"config.runner.eval_step={STEPS}", f"config.runner.save_step={STEPS}",
-        "config.runner.log_step=2", "config.runner.gradient_accumulate_steps=1",
+        *runner_overrides(STEPS, log_step=2),
         f"config.downstream_expert.corpus.path='{corpus.root}'",
         f"config.downstream_expert.corpus.lexicon=['{corpus.lexicon}']",
         "config.downstream_expert.corpus.batch_size=4", "config.downstream_expert.corpus.num_workers=0",

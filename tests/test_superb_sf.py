@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from superb_cli_helpers import s3prl_source_root
+from superb_cli_helpers import runner_overrides, s3prl_source_root
 
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.superb_data.snips import SPEAKERS, build_snips
@@ -40,8 +40,7 @@ def s3prl_root() -> Path:
 
 def sf_override(corpus, steps: int = STEPS, *extra: str) -> str:
     return ",,".join([
-        f"config.runner.total_steps={steps}", f"config.runner.eval_step={steps}", f"config.runner.save_step={steps}",
-        f"config.runner.log_step={min(steps, 50)}",
+        *runner_overrides(steps, log_step=min(steps, 50)),
         f"config.downstream_expert.corpus.path='{corpus.root}'",
         f"config.downstream_expert.text.slots_file='{corpus.slots_file}'",
         "config.downstream_expert.corpus.batch_size=4", "config.downstream_expert.corpus.num_workers=0",
