@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from pathlib import Path
-
-import torch
 
 from .arch import WavLMArch
 from .fairseq_pickle import load_fairseq_checkpoint
@@ -38,20 +35,52 @@ _MAX_HF_COUNT = 10_000  # layers or heads a config.json may declare (WavLM Large
 def load_model(path, drop_layers=None) -> WavLM:
     """Load a WavLM from an original `.pt`, a Hugging Face directory or our `.safetensors`."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, "no such file or directory")
-    try:  # the one door: whatever a reader meets in a file ends as a CheckpointError
+    model = _one_door(path, lambda: _load(path))
+    if drop_layers:  # indices, top:K or uniform:K (model/depth.py)
+        model = drop_model_layers(model, drop_layers)
+    return model.eval()
+
+
+def read_arch(path) -> WavLMArch:
+    """A model file's architecture from its metadata or configuration alone: no model is
+    built and no weight read (a `.pt` is memory-mapped). Any file `load_model` reads."""
+    path = Path(path)
+
+    def arch_of() -> WavLMArch:
         if path.is_dir():
             _check_hf_counts(path)
-            arch, state = _read_hf_dir(path)
-        elif _is_safetensors(path):
-            arch, state = _read_ours(path)
-        else:
-            check_torch_file(path)  # before any reader (a fallback reader included) opens it
-            arch, state = _read_original(path)
-        if not isinstance(state, dict):
-            raise CheckpointError(path, f"its weights are a {type(state).__name__}, not a mapping of names to tensors")
-        model = build_strict(arch, state, path)
+            return _hf_arch(path)
+        if _is_safetensors(path):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return arch_from_metadata(f.metadata() or {}, path)
+        check_torch_file(path)
+        return _read_original(path)[0]
+
+    return _one_door(path, arch_of)
+
+
+def _load(path: Path) -> WavLM:
+    if path.is_dir():
+        _check_hf_counts(path)
+        arch, state = _read_hf_dir(path)
+    elif _is_safetensors(path):
+        arch, state = _read_ours(path)
+    else:
+        check_torch_file(path)  # before any reader (a fallback reader included) opens it
+        arch, state = _read_original(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"its weights are a {type(state).__name__}, not a mapping of names to tensors")
+    return build_strict(arch, state, path)
+
+
+def _one_door(path: Path, read):
+    """Whatever a reader meets in a file ends as a CheckpointError naming it."""
+    if not path.exists():
+        raise CheckpointError(path, "no such file or directory")
+    try:
+        return read()
     except CheckpointError:
         raise
     except MemoryError:
@@ -59,9 +88,6 @@ def load_model(path, drop_layers=None) -> WavLM:
                                     "than this machine holds") from None
     except Exception as err:  # KeyError, TypeError, IndexError, ... from a malformed file
         raise CheckpointError(path, f"unreadable ({type(err).__name__}: {str(err)[:200]})") from None
-    if drop_layers:  # indices, top:K or uniform:K (model/depth.py)
-        model = drop_model_layers(model, drop_layers)
-    return model.eval()
 
 
 def save_model(model: WavLM, path) -> None:
@@ -163,7 +189,7 @@ def _read_original(path: Path):
 
 
 # ---------------------------------------------------------------------------- Hugging Face
-def _read_hf_dir(path: Path):
+def _hf_arch(path: Path) -> WavLMArch:
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(path, "a directory without config.json (expected a Hugging Face WavLM, HuBERT or "
@@ -182,6 +208,11 @@ def _read_hf_dir(path: Path):
         arch = arch_from_hf_config(config, normalize)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(config_file, f"unsupported configuration: {err}") from None
+    return arch
+
+
+def _read_hf_dir(path: Path):
+    arch = _hf_arch(path)
     if (path / "model.safetensors").exists():
         from safetensors import SafetensorError
         from safetensors.torch import load_file

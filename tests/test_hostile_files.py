@@ -348,3 +348,13 @@ def test_resume_from_a_damaged_checkpoint_ends_in_one_line_naming_the_file(tmp_p
     assert cli.main(["prune", "--out", str(out), "--resume"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "state.pt: 'optimizer' must be a dict, found nothing" in err, err
+
+
+def test_read_arch_gives_the_loaded_models_architecture_without_building_it(valid, tmp_path):
+    from pruned_upstream.checkpoints import read_arch
+
+    for name in ("ours", "release", "legacy", "hf"):
+        assert read_arch(valid[name]) == load_model(valid[name]).arch, name
+    (tmp_path / "cut.pt").write_bytes(valid["release"].read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="cut.pt: "):
+        read_arch(tmp_path / "cut.pt")

@@ -13,16 +13,10 @@
 
 from __future__ import annotations
 
-import json
-import pickle
 from pathlib import Path
 
-import torch
-
 from ..arch import WavLMArch
-from ..checkpoints import ARCH_KEY, CheckpointError, arch_from_hf_config
-from ..fairseq_pickle import load_fairseq_checkpoint
-from ..families import read_release
+from ..checkpoints import CheckpointError, read_arch
 from ..config import Config
 from ..data.manifest import find_audio, read_manifest
 from ..model.depth import parse_spec
@@ -74,29 +68,14 @@ def _check_layers(key: str, layers, depth: int, who: str) -> None:
 
 
 def model_arch(path, key: str) -> WavLMArch:
-    """A model file's architecture from its header or config: our safetensors' metadata, a Hugging
-    Face directory's config.json, or an original .pt's cfg (memory-mapped, weights not read)."""
+    """A model file's architecture from its header or config, never its weights (checkpoints.read_arch)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{key}={path}: no such file or directory")
     try:
-        if path.is_dir():
-            return arch_from_hf_config(json.loads((path / "config.json").read_text()))
-        with open(path, "rb") as f:
-            head = f.read(9)
-        if head[8:9] == b"{":  # safetensors: an 8-byte header size, then JSON
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                return WavLMArch.from_json((f.metadata() or {})[ARCH_KEY])
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (pickle.UnpicklingError, RuntimeError):  # fairseq's releases (omegaconf / argparse configs; legacy format)
-            ckpt = load_fairseq_checkpoint(path)
-        return read_release(ckpt)[0]  # WavLM's release, fairseq's or s3prl's HuBERT / wav2vec 2.0
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's, named in one line
-        raise CheckpointError(path, f"{key}: cannot read its architecture ({type(err).__name__}: "
-                                    f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+        return read_arch(path)
+    except CheckpointError as err:
+        raise CheckpointError(path, f"{key}: cannot read its architecture ({err.problem})") from None
 
 
 def check_data_source(source) -> None:
