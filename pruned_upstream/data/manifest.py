@@ -93,7 +93,7 @@ def find_audio(root: str | os.PathLike, exts: Sequence[str] = AUDIO_EXTS) -> lis
     return files
 
 
-def _manifest_rows(tsv: Path) -> tuple[PathTable, np.ndarray]:
+def manifest_table(tsv: Path) -> tuple[PathTable, np.ndarray]:
     """A manifest's paths (joined to its root) and lengths, read line by line without touching the files."""
     blob, offsets, nums = bytearray(), array("q", [0]), array("q")
     with open(tsv, "rb") as f:
@@ -121,7 +121,7 @@ def read_manifest(tsv: str | os.PathLike) -> list[AudioEntry]:
 
     Relative paths are joined to the root; absolute paths are kept as they are.
     """
-    paths, nums = _manifest_rows(Path(tsv))
+    paths, nums = manifest_table(Path(tsv))
     return [AudioEntry(Path(p), n) for p, n in zip(paths, nums.tolist())]
 
 
@@ -153,7 +153,7 @@ def _as_table(source) -> tuple[PathTable, np.ndarray]:
             files = find_audio(path)
             return PathTable(files), np.full(len(files), -1, dtype=np.int64)
         if path.suffix == ".tsv":
-            return _manifest_rows(path)
+            return manifest_table(path)
         raise ValueError(f"audio source {path} is neither a directory nor a .tsv manifest")
     entries = [e if isinstance(e, AudioEntry) else AudioEntry(Path(e), -1) for e in source]
     return PathTable(e.path for e in entries), np.array([e.num_samples for e in entries], dtype=np.int64)
