@@ -15,7 +15,7 @@ from pruned_upstream import cli
 from pruned_upstream.checkpoints import save_model
 from pruned_upstream.config_files import load_config
 from pruned_upstream.model.wavlm import WavLM, tiny_arch
-from pruned_upstream.training import models
+from pruned_upstream.training import models, trainer
 
 
 @pytest.mark.parametrize("override, message", [
@@ -64,9 +64,11 @@ def no_heavy_work(monkeypatch):
     def heavy(*args, **kwargs):
         raise AssertionError("heavy work started before the config was checked")
 
+    # trainer is imported above, before any patch: importing it here would copy the patched
+    # models.build_teacher into it, and the teardown would "restore" that copy
     monkeypatch.setattr(models, "build_teacher", heavy)
-    monkeypatch.setattr("pruned_upstream.training.trainer.build_teacher", heavy)
-    monkeypatch.setattr("pruned_upstream.training.trainer.build_data", heavy)
+    monkeypatch.setattr(trainer, "build_teacher", heavy)
+    monkeypatch.setattr(trainer, "build_data", heavy)
 
 
 def prune_error(capsys, out: Path, *overrides: str) -> str:
