@@ -24,7 +24,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -33,7 +32,7 @@ from .config_files import load_config
 from .model.wavlm import WavLM, tiny_arch
 from .speed import machine, measure_times
 from .synthetic_pruning import synthetic_arch
-from .training import trainer as trainer_module
+from .training.trainer import Trainer
 from .training.distributed import DistEnv
 
 RECIPE = "wavlm_base_sp80"
@@ -93,14 +92,10 @@ def training_rows(sizes: dict, device: str) -> list[tuple[str, str, str]]:
 
 
 def _trainer_without_data(cfg):
-    """The trainer of the recipe, its data loader left out: steps are fed random audio here.
-
-    `Trainer.__init__` builds the data pipeline (which reads audio with soundfile);
-    `build_data` is swapped for the duration of the constructor only.
-    """
+    """The trainer of the recipe without its data pipeline (which reads audio with soundfile):
+    steps are fed random audio here."""
     run_dir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    with mock.patch.object(trainer_module, "build_data", lambda *args: (None, None, None)):
-        return trainer_module.Trainer(cfg, run_dir, DistEnv())
+    return Trainer(cfg, run_dir, DistEnv(), data=(None, None, None))
 
 
 def _bf16(cfg, device: str) -> bool:

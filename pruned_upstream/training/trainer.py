@@ -84,7 +84,9 @@ def _demo_manifest(corpus: Path, env: DistEnv) -> Path:
 
 # ---------------------------------------------------------------------------- trainer
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, env: DistEnv):
+    def __init__(self, cfg: Config, run_dir: Path, env: DistEnv, data: tuple | None = None):
+        """`data`: (dataset, sampler, loader); default the config's (build_data). A caller that feeds
+        `train_step` itself (the GPU check) passes (None, None, None)."""
         self.cfg, self.run_dir, self.env = cfg, Path(run_dir), env
         self.device = pick_device(cfg.run.device, env)
         self.teacher = build_teacher(cfg).to(self.device)
@@ -105,7 +107,7 @@ class Trainer:
                                          t.lr, t.lr_log_alpha, t.lr_lambdas, t.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, t.steps, round(t.warmup * t.steps), tuple(t.scheduled_groups))
         self.sparsity_warmup = round(t.sparsity_warmup * t.steps)
-        self.dataset, self.sampler, self.loader = build_data(cfg, self.run_dir, env)
+        self.dataset, self.sampler, self.loader = data or build_data(cfg, self.run_dir, env)
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.last: dict = {}
         self.scalar_log: rundir.ScalarLog | None = None  # process 0, once `open_log` is called
