@@ -88,13 +88,13 @@ def _forward_time(model, wav: torch.Tensor, lengths=None) -> float:
 def machine(device: str = "cpu") -> dict:
     """What a timing ran on: the CPU's model name and the vector unit torch's kernels use
     (`torch.backends.cpu.get_cpu_capability`: AVX512, AVX2, ...), or the GPU's name."""
-    info = {"cpu": _cpu_name(), "vector": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    info = {"cpu": cpu_name(), "vector": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pruned_upstream.speed import cpu_name
+
 LIBRISPEECH_960H = 281_241
 MEAN_SECONDS = 960.9 * 3600 / LIBRISPEECH_960H  # 12.3 s
 
@@ -80,19 +82,9 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(f"measurement failed:\n{out.stderr}")
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        result.update(entries=n, manifest_mib=round(tsv.stat().st_size / 2**20, 1), cpu=_cpu_model(),
+        result.update(entries=n, manifest_mib=round(tsv.stat().st_size / 2**20, 1), cpu=cpu_name(),
                       cores=os.cpu_count(), python=platform.python_version())
     print(json.dumps(result))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
