@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,10 @@ def steps(expdir: Path) -> list[int]:
 
 
 def cut_short(expdir: Path) -> tuple[int, Path]:
-    """The newest checkpoint as a save cut short by the kill would leave it: half its bytes."""
-    last = steps(expdir)[-1]
+    """The newest checkpoint as a save cut short by the kill would leave it: half its bytes.
+
+    `last` is the newest COMPLETE checkpoint: the kill itself may have cut the newest real one."""
+    last = max(n for n in steps(expdir) if zipfile.is_zipfile(expdir / f"states-{n}.ckpt"))
     path = expdir / f"states-{last + 2}.ckpt"
     data = (expdir / f"states-{last}.ckpt").read_bytes()
     path.write_bytes(data[: len(data) // 2])
