@@ -24,7 +24,7 @@ MAX_LINES = 450
 # Rank of each module (first matching prefix wins): a module imports only modules of a
 # rank no higher than its own, and within a rank the graph has no cycle.
 LAYERS = (
-    ("foundation", 0, ("arch", "gating", "config", "config_files", "shipped", "errors")),
+    ("foundation", 0, ("arch", "gating", "config", "config_files", "shipped", "errors", "small_files")),
     ("superb score (torch-free)", 0, ("superb",)),
     ("s3prl task facts (torch-free)", 0, ("s3prl_plugin.tasks", "s3prl_plugin.preflight")),
     ("model", 1, ("model",)),
@@ -42,7 +42,7 @@ UPSTREAM_REACH = ("s3prl_plugin.expert", "s3prl_plugin.hubconf", "model", "arch"
 # What file formats may reach: never the trainer, the CLI, the analysis, the demo or the data pipeline.
 FORMATS = ("checkpoints", "exporting", "run_dir")
 FORMATS_REACH = FORMATS + ("model", "arch", "gating", "families", "fairseq_pickle", "safe_load", "errors", "__init__")
-TORCH_FREE = ("arch", "errors", "gating", "config", "config_files", "shipped", "superb", "s3prl_plugin.tasks", "s3prl_plugin.preflight",
+TORCH_FREE = ("arch", "errors", "small_files", "gating", "config", "config_files", "shipped", "superb", "s3prl_plugin.tasks", "s3prl_plugin.preflight",
               "macs")
 # Citations of files that only exist outside the repository.
 OUTSIDE = re.compile(
