@@ -42,6 +42,11 @@ class PruneOptions(PruneConfig):
     """gating.PruneConfig (kinds, ste, init_keep) and whether to prune at all."""
 
     enabled: bool = True  # False: no gates and no Lagrangian (the final distillation stage)
+    # The size to reach, as DPHuBERT states it: parameters of the whole exported model (CNN, projection,
+    # positional convolution, everything), counted as DPHuBERT counts them (model/prunable.py
+    # whole_model_params). Set, it replaces train.target_sparsity (give one of the two): the Lagrangian's
+    # target becomes the fraction of the prunable parameters that leaves this many (docs/training.md).
+    target_params: int | None = None
 
 
 @dataclass
@@ -56,6 +61,7 @@ class DistillConfig:
     projection: str = "shared"  # shared (CoFi) | per_layer (DPHuBERT) | none
     layer_drop: float = 0.0  # stochastic depth of the student ([Lee2021], docs/references.md); 0: off, as the paper
     layer_drop_schedule: str = "constant"  # constant | linear (rising with depth, Huang et al. 2016)
+    layer_reduce: str = "sum"  # the pairs' losses: sum (paper Eq. 5, CoFi) | mean (DPHuBERT lightning.py DistillLoss)
 
 
 @dataclass
@@ -71,7 +77,7 @@ class TrainConfig:
     scheduled_groups: list[str] = field(default_factory=lambda: ["weights"])
     weight_decay: float = 0.0
     grad_clip: float = 5.0
-    target_sparsity: float = 0.8
+    target_sparsity: float | None = 0.8  # of the prunable parameters (docs/method.md section 4); or prune.target_params
     sparsity_warmup: float = 0.07  # fraction of the steps
     seed: int = 0
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
@@ -90,6 +96,8 @@ class DataConfig:
     source: str | None = None  # LibriSpeech dir, manifest .tsv, or "demo" (espeak-ng corpus in RUN_DIR/corpus)
     crop: int = CROP_SAMPLES  # samples per utterance at most
     min_samples: int = MIN_SAMPLES  # shorter files are skipped (counted)
+    max_samples: int | None = None  # longer files are skipped (counted); None: kept, and cropped to `crop`
+    collate: str = "pad"  # pad: zero-pad a batch to its longest item | shortest: crop every item to the shortest
     scan: str = "header"  # one of SCAN_MODES
     num_workers: int = 2
     length_jitter: float = 0.1
@@ -122,8 +130,10 @@ CHOICES = {
     "distill.loss": ("mse", "l1_cos"),
     "distill.projection": ("shared", "per_layer", "none"),
     "distill.layer_drop_schedule": ("constant", "linear"),
+    "distill.layer_reduce": ("sum", "mean"),
     "train.precision": ("auto", "fp32", "bf16"),
     "data.scan": SCAN_MODES,
+    "data.collate": ("pad", "shortest"),
     "run.device": ("auto", "cpu", "cuda"),
 }
 
@@ -157,8 +167,11 @@ def validate(cfg: Config) -> None:
     for key in ("train.warmup", "train.sparsity_warmup"):
         if not 0.0 <= get_key(cfg, key) <= 1.0:
             raise ValueError(f"{key} must lie in [0, 1] (a fraction of train.steps), got {get_key(cfg, key)}")
-    if not 0.0 <= t.target_sparsity < 1.0:  # 1 would prune every prunable parameter
-        raise ValueError(f"train.target_sparsity must lie in [0, 1), got {t.target_sparsity}")
+    _check_target(cfg)
+    d = cfg.data
+    if d.max_samples is not None and d.max_samples < max(d.min_samples, 1):
+        raise ValueError(f"data.max_samples must be >= data.min_samples ({d.min_samples}) and >= 1, "
+                         f"got {d.max_samples}")
     if not 0.0 <= cfg.distill.layer_drop < 1.0:
         raise ValueError(f"distill.layer_drop must lie in [0, 1), got {cfg.distill.layer_drop}")
     for key in ("distill.teacher_layers", "distill.student_layers"):
@@ -167,6 +180,18 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{key} must list layers numbered from 1 (the output of layer k), got {layers}")
     if cfg.prune.enabled and not cfg.prune.kinds:
         raise ValueError("prune.kinds is empty while prune.enabled is true; give kinds or prune.enabled=false")
+
+
+def _check_target(cfg: Config) -> None:
+    """One size target: train.target_sparsity (of the prunable parameters) or prune.target_params."""
+    sparsity, params = cfg.train.target_sparsity, cfg.prune.target_params
+    if cfg.prune.enabled and (sparsity is None) == (params is None):
+        raise ValueError(f"give exactly one of train.target_sparsity ({sparsity}) and prune.target_params "
+                         f"({params}); set the other to null")
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:  # 1 would prune every prunable parameter
+        raise ValueError(f"train.target_sparsity must lie in [0, 1), got {sparsity}")
+    if params is not None and params < 1:  # the upper bound needs the model: training/models.py
+        raise ValueError(f"prune.target_params must be >= 1, got {params}")
 
 
 def _check_range(key: str, value: int | None, low: int) -> None:

@@ -9,6 +9,11 @@ Behaviour follows the two reference recipes:
   fairseq TSV manifests, utterances under 32000 samples dropped, batches
   bounded by a total sample budget, whole batches dealt out to DDP ranks.
 
+DPHuBERT's batches are reproduced by `max_samples` (longer files skipped, as
+its BucketizeBatchSampler `max_len` does) and `CropToShortest` (its
+`CollateFnAudio(pad=False, rand_crop=True)`: every item of a batch cropped at a
+random offset to the batch's shortest, so nothing is padded).
+
 Unlike both, files that cannot be used (see `audio.REASONS`) are skipped,
 counted per reason and logged, never fed and never fatal; every random choice
 is a pure function of (seed, epoch, index), so a resumed run is bit-identical.
@@ -31,15 +36,19 @@ from .manifest import scan_table
 log = logging.getLogger(__name__)
 
 
-def crop_offset(seed: int, epoch: int, index: int, length: int, crop: int) -> int:
+TOO_LONG = "too_long"  # more samples than data.max_samples: skipped when the dataset is built
+
+
+def crop_offset(seed: int, epoch: int, index: int, length: int, crop: int, stream: int = 0) -> int:
     """Start of the random crop of item `index` in `epoch`: uniform in [0, length - crop].
 
     A pure function of its arguments (numpy's SeedSequence hashes the triple),
     so workers, resumed runs and DDP ranks draw the same crop for the same item.
+    `stream` 1 draws the batch crop (`CropToShortest`) independently of the item's crop (0).
     """
     if length <= crop:
         return 0
-    rng = np.random.default_rng([seed, epoch, index])
+    rng = np.random.default_rng([seed, epoch, index] + ([stream] if stream else []))
     return int(rng.integers(0, length - crop + 1))
 
 
@@ -50,7 +59,8 @@ class AudioDataset(Dataset):
     fixes the epoch explicitly (otherwise `set_epoch` sets it, as with
     DistributedSampler; it reaches DataLoader workers when they are not
     persistent). `skipped` counts unusable files per reason; `lengths` holds
-    the item lengths (after cropping) for `LengthBucketSampler`. Multi-channel
+    the item lengths (after cropping) for `LengthBucketSampler`. Files longer than
+    `max_samples` (None: no bound) are skipped as `too_long`. Multi-channel
     files are averaged to mono (`mixdown`, as fairseq's `RawAudioDataset.postprocess`
     does, `fairseq/data/audio/raw_audio_dataset.py`); `mixdown=False` skips them.
     """
@@ -65,13 +75,22 @@ class AudioDataset(Dataset):
         target_sr: int = TARGET_SR,
         mixdown: bool = True,
         bad_log=None,
+        max_samples: int | None = None,
     ):
         if crop_samples <= 0 or min_samples < 0:
             raise ValueError(f"need crop_samples > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
+        if max_samples is not None and max_samples < max(min_samples, 1):
+            raise ValueError(f"need max_samples >= min_samples and >= 1, got {max_samples}, {min_samples}")
         self.crop_samples, self.min_samples = crop_samples, min_samples
         self.seed, self.target_sr, self.mixdown, self.epoch = seed, target_sr, mixdown, 0
         # paths: a PathTable (one bytes buffer); num_samples: int64 (N,); no Python object per file.
         self.paths, self.num_samples, self.skipped = scan_table(source, scan, min_samples, target_sr, mixdown)
+        if max_samples is not None:  # DPHuBERT keeps min_len <= length <= max_len (BucketizeBatchSampler)
+            keep = self.num_samples <= max_samples
+            self.skipped[TOO_LONG] = int((~keep).sum())
+            if self.skipped[TOO_LONG]:
+                log.info("skipped %d audio files longer than %d samples", self.skipped[TOO_LONG], max_samples)
+                self.paths, self.num_samples = self.paths.take(np.flatnonzero(keep)), self.num_samples[keep]
         if not len(self.paths):
             raise ValueError(f"no usable audio in {source!r}: skipped {self.skipped}")
         self.lengths = np.minimum(self.num_samples, crop_samples)  # int64 (N,)
@@ -156,3 +175,39 @@ def collate(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, w in enumerate(batch):
         wav[i, : w.shape[0]] = w
     return wav, lengths
+
+
+class Keyed(Dataset):
+    """`dataset[key]` with the key it was read under: (wav, index, epoch), what `CropToShortest` needs."""
+
+    def __init__(self, dataset: AudioDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, self.dataset.epoch)
+        return self.dataset[(index, epoch)], index, epoch
+
+
+class CropToShortest:
+    """Collate `Keyed` items cropped to the batch's shortest: (wav (B, T_min), lengths all T_min), no padding.
+
+    DPHuBERT (dataset/audio_dataset.py `CollateFnAudio(pad=False, rand_crop=True)`) crops every
+    longer item at a random offset; here the offset is `crop_offset(seed, epoch, index, ..., stream=1)`,
+    so a resumed run and every DataLoader worker crop the same item the same way.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, batch: Sequence[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(batch) == 0:
+            raise ValueError("cannot collate an empty batch")
+        shortest = min(int(wav.shape[-1]) for wav, _, _ in batch)
+        cropped = []
+        for wav, index, epoch in batch:
+            start = crop_offset(self.seed, epoch, index, int(wav.shape[-1]), shortest, stream=1)
+            cropped.append(wav[start : start + shortest])
+        return collate(cropped)

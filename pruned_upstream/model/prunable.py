@@ -27,7 +27,8 @@ from ..gating import PruneConfig
 from .hardconcrete import HardConcrete
 from .wavlm import WavLM
 
-__all__ = ["PruneConfig", "make_prunable", "gates", "kept_prunable", "expected_sparsity", "realised_sparsity"]
+__all__ = ["PruneConfig", "make_prunable", "gates", "kept_prunable", "expected_sparsity", "realised_sparsity",
+           "whole_model_params", "expected_whole_params"]
 
 def make_prunable(model: WavLM, cfg: PruneConfig | None = None) -> WavLM:
     """Attach gates to `model` in place and return it (the same module, now a student)."""
@@ -129,6 +130,33 @@ def sparsity_of_counts(kept, total: float):
 def expected_sparsity(model: WavLM) -> torch.Tensor:
     """p_hat = 1 - E[kept prunable params] / all prunable params (docs/method.md section 4)."""
     return sparsity_of_counts(kept_prunable(model), total_prunable(model))
+
+
+def whole_model_params(model: WavLM) -> int:
+    """The model's size as DPHuBERT counts it: `sum(p.numel() for p in model.parameters())` of its model.
+
+    DPHuBERT (github.com/pyf98/DPHuBERT, commit c18093f) states sizes as the parameters of its
+    torchaudio-based Wav2Vec2Model (README: "23,585,946 params"; lightning.py: the teacher's
+    `parameters()` are the denominator of its sparsity). That model has no pre-training mask
+    embedding (ours keeps `mask_emb`, D values, s3prl's upstreams do too) and holds one value per
+    output channel of the last conv layer that ours lacks (components.py FeatureExtractor
+    `dummy_weight`); otherwise the parameters are the same ones (HuBERT Base: 94,371,456).
+    """
+    return model.num_params() - model.mask_emb.numel() + model.arch.channels()[-1]
+
+
+def fixed_params(model: WavLM) -> float:
+    """The part of `whole_model_params` that no gate of this model can remove."""
+    return whole_model_params(model) - total_prunable(model)
+
+
+def expected_whole_params(model: WavLM, mode: str = "expected") -> torch.Tensor:
+    """fixed + kept prunable: the whole model's expected size (differentiable), or its eval masks' size.
+
+    On a model whose masks export it exactly ("deterministic"; no head keeps qk dims without a vo dim,
+    no block gate closes) this is `whole_model_params(export(model))`.
+    """
+    return fixed_params(model) + kept_prunable(model, mode)
 
 
 def realised_sparsity(model: WavLM) -> float:

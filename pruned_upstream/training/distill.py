@@ -16,7 +16,8 @@ layer down each takes the student layer with the least loss strictly below
 the layer the teacher layer above it took (the pairing is monotone). Student
 layers whose sampled z_MHA is 0 are not candidates (CoFi's `head_layer_z`).
 The choice is made at every step and is not differentiated; the loss is the
-sum over the chosen pairs (times `distill.weight`, 1 by default). Where CoFi leaves the map at its random
+sum over the chosen pairs (`distill.layer_reduce=mean`: their mean, as DPHuBERT's
+`DistillLoss` averages over layers), times `distill.weight` (1 by default). Where CoFi leaves the map at its random
 initialisation, ours starts as the identity (docs/method.md section 5; DPHuBERT's
 `_init_layer_transform`), so that a student equal to the teacher starts with
 zero loss.
@@ -110,7 +111,7 @@ def _identity_linear(dim_in: int, dim_out: int) -> nn.Linear:
 
 
 class Distiller(nn.Module):
-    """The distillation term of Eq. 5: sum over pairs (j, k) in D of loss(map(h_s^j), h_t^k).
+    """The distillation term of Eq. 5: sum (or mean) over pairs (j, k) in D of loss(map(h_s^j), h_t^k).
 
     Owns the learnable maps (one shared by every pair, as CoFi; one per
     distilled teacher layer, as DPHuBERT; or none) and chooses D each step.
@@ -121,6 +122,7 @@ class Distiller(nn.Module):
         super().__init__()
         teacher_dim = teacher_dim or dim
         self.pairing, self.loss_name, self.cos_weight, self.weight = cfg.pairing, cfg.loss, cfg.cos_weight, cfg.weight
+        self.layer_reduce = cfg.layer_reduce
         self.teacher_layers = list(cfg.teacher_layers or default_teacher_layers(teacher_layers, cfg.every))
         _check_layers("distill.teacher_layers", self.teacher_layers, teacher_layers)
         if cfg.pairing == "fixed":
@@ -164,7 +166,7 @@ class Distiller(nn.Module):
         return torch.stack(rows)
 
     def forward(self, student_states, teacher_states, valid=None, alive=None):
-        """-> (loss, pairs): the summed loss and, per distilled teacher layer, its student layer.
+        """-> (loss, pairs): the loss summed (or averaged) over pairs and, per distilled teacher layer, its student layer.
 
         valid (B, T) bool marks real frames; alive (num student layers,) bool
         the layers that may be chosen (learned pairing only).
@@ -176,6 +178,8 @@ class Distiller(nn.Module):
             pairs = [self.student_layers[j] for j in cols]
         loss = sum(self.pair_loss(self.project(i, student_states[j]), teacher_states[k], valid)
                    for i, (j, k) in enumerate(zip(pairs, self.teacher_layers)))
+        if self.layer_reduce == "mean":  # DPHuBERT lightning.py: one L1Loss/cosine mean over (batch, layer, time)
+            loss = loss / len(self.teacher_layers)
         return self.weight * loss, pairs
 
 

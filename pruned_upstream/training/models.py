@@ -19,9 +19,10 @@ from ..config import Config
 from ..model.components import layer_drop_probs
 from ..model.depth import drop_layers
 from ..model.hardconcrete import expected_z
-from ..model.prunable import expected_sparsity, make_prunable
+from ..model.prunable import expected_sparsity, fixed_params, make_prunable, total_prunable
 from ..model.wavlm import WavLM, tiny_arch
 from .distill import Distiller, valid_frames
+from .sparsity import sparsity_for_params
 
 
 def teacher_arch(name: str, overrides: dict) -> WavLMArch:
@@ -68,6 +69,19 @@ def build_student(cfg: Config, teacher: WavLM) -> WavLM:
         torch.manual_seed(cfg.train.seed)  # the gates' initial log_alpha
         make_prunable(student, cfg.prune)
     return student.train()
+
+
+def final_target_sparsity(cfg: Config, student: WavLM) -> float | None:
+    """The Lagrangian's final target p (of the prunable parameters); None when not pruning.
+
+    train.target_sparsity as given, or, with prune.target_params, the p at which the whole
+    model (model/prunable.py whole_model_params, DPHuBERT's count) keeps that many parameters.
+    """
+    if not cfg.prune.enabled:
+        return None
+    if cfg.prune.target_params is None:
+        return cfg.train.target_sparsity
+    return sparsity_for_params(cfg.prune.target_params, fixed_params(student), total_prunable(student))
 
 
 class DistillStudent(nn.Module):

@@ -37,6 +37,21 @@ def target_sparsity(step: int, final: float, warmup_steps: int) -> float:
     return float(final) * min(1.0, step / warmup_steps)
 
 
+def sparsity_for_params(target_params: int, fixed: float, prunable: float) -> float:
+    """The sparsity of the prunable parameters that leaves `target_params` in the whole model.
+
+    whole = fixed + kept prunable, so kept = target_params - fixed and p = 1 - kept / prunable
+    (docs/training.md, "DPHuBERT side by side"). ValueError when no p in [0, 1) reaches it: the
+    target must lie in (fixed, fixed + prunable].
+    """
+    kept = target_params - fixed
+    if not 0 < kept <= prunable:
+        raise ValueError(f"prune.target_params={target_params:,} is out of reach: the gates can leave between "
+                         f"{int(fixed) + 1:,} and {int(fixed + prunable):,} parameters ({int(fixed):,} are not "
+                         f"prunable with these prune.kinds)")
+    return 1.0 - kept / prunable
+
+
 def lr_lambda(step: int, total_steps: int, warmup_steps: int) -> float:
     """LambdaLR multiplier: linear warm-up 0 -> 1 over ``warmup_steps``, then linear decay to 0.
 
