@@ -173,6 +173,7 @@ class WavLMArch:
 
 
 MAX_DECLARED_LAYERS = 1000
+MAX_DECLARED_HEADS = 10_000  # per layer; the largest released models have 16 (Hugging Face configs: same bound)
 
 
 def dense_arch(
@@ -189,8 +190,9 @@ def dense_arch(
     # (a few bytes must not make us build a billion layers; the largest released model has 24).
     if not 0 <= num_layers <= MAX_DECLARED_LAYERS:
         raise ValueError(f"num_layers {num_layers} is outside [0, {MAX_DECLARED_LAYERS}]")
-    if not 0 < num_heads <= embed_dim:
-        raise ValueError(f"num_heads {num_heads} is outside [1, embed_dim = {embed_dim}]")
+    if not 0 < num_heads <= min(embed_dim, MAX_DECLARED_HEADS):
+        # one HeadArch object per head is built here: bounded by a constant, not only by embed_dim
+        raise ValueError(f"num_heads {num_heads} is outside [1, min(embed_dim = {embed_dim}, {MAX_DECLARED_HEADS:,})]")
     if kw.get("family", "wavlm") != "wavlm":
         kw.setdefault("relative_position_embedding", False)
         kw.setdefault("gru_rel_pos", False)
@@ -233,21 +235,38 @@ def preset(name: str) -> WavLMArch:
 
 
 # ---- the original release's `conv_feature_layers` string ---------------------------------
+# Bounds on what the string may describe (the releases: 7 layers, 512 channels, kernel 10, stride 5).
+# Every intermediate list is checked before it is built: `[(1,1,1)] * 1000 * 1000 * 100` multiplies
+# factors that are each small into 1e8 tuples, 30 s and 2 GB, unless the product is bounded.
+MAX_CONV_LAYERS = MAX_DECLARED_LAYERS
+MAX_CONV_VALUE = 2**31 - 1
+_MAX_CONV_TEXT = 10_000  # characters
+
+
 def parse_conv_layers(text: str) -> tuple[tuple[int, int, int], ...]:
     """Parse e.g. "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2" without `eval`.
 
     Only list/tuple displays of integers, `+` of lists and `*` of a list by an
-    integer are accepted; anything else is refused with the offending text.
+    integer are accepted; anything else is refused with the offending text. No list
+    longer than MAX_CONV_LAYERS is ever built, and every value lies in [1, MAX_CONV_VALUE].
     """
+    if not isinstance(text, str):
+        raise ValueError(f"conv_feature_layers must be a string, found {type(text).__name__}")
+    if len(text) > _MAX_CONV_TEXT:
+        raise ValueError(f"conv_feature_layers is {len(text):,} characters long (at most {_MAX_CONV_TEXT:,})")
     try:
         tree = ast.parse(text, mode="eval")
+        value = _literal(tree.body, text)
     except SyntaxError as err:
-        raise ValueError(f"conv_feature_layers is not a valid expression: {text!r}") from err
-    value = _literal(tree.body, text)
+        raise ValueError(f"conv_feature_layers is not a valid expression: {text[:200]!r}") from err
+    except (RecursionError, MemoryError):
+        raise ValueError(f"conv_feature_layers is nested too deeply: {text[:200]!r}") from None
     if not isinstance(value, list) or not all(
-        isinstance(c, tuple) and len(c) == 3 and all(isinstance(v, int) for v in c) for c in value
+        isinstance(c, tuple) and len(c) == 3 and all(isinstance(v, int) and 1 <= v <= MAX_CONV_VALUE for v in c)
+        for c in value
     ):
-        raise ValueError(f"conv_feature_layers must be a list of (dim, kernel, stride): {text!r}")
+        raise ValueError(f"conv_feature_layers must be a list of (dim, kernel, stride), each in "
+                         f"[1, {MAX_CONV_VALUE}]: {text[:200]!r}")
     return tuple(value)
 
 
@@ -261,9 +280,17 @@ def _literal(node: ast.AST, text: str):
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         left, right = _literal(node.left, text), _literal(node.right, text)
         if isinstance(left, list) and isinstance(right, list):
-            return left + right
+            return _bounded(left, len(left) + len(right), text) + right
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
         left, right = _literal(node.left, text), _literal(node.right, text)
-        if isinstance(left, list) and isinstance(right, int) and 0 <= right <= 1000:
-            return left * right
-    raise ValueError(f"unsupported element in conv_feature_layers {text!r}: {ast.dump(node)[:80]}")
+        if isinstance(left, list) and isinstance(right, int) and not isinstance(right, bool) and 0 <= right:
+            return _bounded(left, len(left) * right, text) * right
+    raise ValueError(f"unsupported element in conv_feature_layers {text[:200]!r}: {ast.dump(node)[:80]}")
+
+
+def _bounded(items: list, length: int, text: str) -> list:
+    """`items` when the list about to be built from it has at most MAX_CONV_LAYERS entries."""
+    if length > MAX_CONV_LAYERS:
+        raise ValueError(f"conv_feature_layers describes {length:,} conv layers (at most {MAX_CONV_LAYERS:,}): "
+                         f"{text[:200]!r}")
+    return items

@@ -250,8 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         if args.verbose:
             raise
-        print(f"pruned-upstream {args.command}: error: {err}", file=sys.stderr)
+        print(f"pruned-upstream {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except MemoryError as err:  # a file or a value asked for more memory than there is: one line too
+        if args.verbose:
+            raise
+        detail = f" ({_one_line(err)})" if str(err) else ""
+        print(f"pruned-upstream {args.command}: error: out of memory{detail}; nothing more was done",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (a message may quote a file's text, newlines included)."""
+    return " ".join(str(err).split("\n")).strip() or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@
 A YAML file holds only what it changes, and may start from another config with
 `base: NAME|FILE`. Unknown keys and values of the wrong type are errors that
 name the key and the file. No torch here.
+
+Every YAML read here (a `--config` file, its `base` chain, a run's saved config.yaml,
+a command-line value) goes through small_files: regular files of at most 1 MB, safe
+YAML without anchors or aliases (a 600-byte alias bomb would expand to gigabytes), and
+any YAML error, an unknown `!!python/...` tag included, is one line naming the file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from pathlib import Path
 import yaml
 
 from .config import Config, to_dict, validate
+from .errors import CheckpointError
 from .gating import MASK_KINDS
+from .small_files import is_link, load_yaml, read_yaml_file
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -61,7 +68,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = Path(path).resolve()
     if path in seen:
         raise ValueError(f"config {path}: `base` chain loops back to itself")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config {path}: expected a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -131,8 +138,8 @@ def _parse(text: str, tp):
     if tp is str or (_is_optional(tp) and _non_none(tp) == [str]):
         return None if text.strip().lower() in ("null", "none", "~") and tp is not str else text
     try:
-        return yaml.safe_load(text) if text.strip() else text
-    except yaml.YAMLError:
+        return load_yaml(text, "the command line") if text.strip() else text
+    except CheckpointError:  # not YAML (or an alias): the text as it is
         return text
 
 
@@ -209,16 +216,21 @@ def _type_error(key, value, tp, source) -> ValueError:
 
 # ---------------------------------------------------------------------------- saving
 def save_config(cfg: Config, path) -> None:
-    """Written to a temp file, then renamed: a reader (or a crash) never sees half a config."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    """Written to a new temp file (O_EXCL, a name nobody can plant), then renamed: a reader (or a
+    crash) never sees half a config; `path` a symbolic link is refused (run_files.write_replacing)."""
+    from .run_files import write_replacing
+
+    write_replacing(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def load_saved(path) -> Config:
     """A resolved config written by `save_config` (every key present)."""
+    if is_link(path):  # nothing inside a run directory is followed through a symlink
+        raise CheckpointError(path, "a symbolic link; a run's saved config is read only as a regular file")
+    data = read_yaml_file(path) or {}
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"expected a mapping of sections, got {type(data).__name__}")
     cfg = Config()
-    apply_mapping(cfg, yaml.safe_load(Path(path).read_text()) or {}, str(path))
+    apply_mapping(cfg, data, str(path))
     validate(cfg)
     return cfg

@@ -21,6 +21,7 @@ import re
 import torch
 
 from .arch import WavLMArch, dense_arch, parse_conv_layers
+from .model.dropout import check_rates
 
 # Defaults of the release configs for keys a cfg may omit: s3prl's WavLMConfig.__init__
 # (upstream/wavlm/WavLM.py), HubertConfig (upstream/hubert/hubert_model.py) and
@@ -45,8 +46,16 @@ _RELEASE_DEFAULTS = dict(
     gru_rel_pos=False,
 )
 # Options of fairseq's configs our module does not implement: the value each must have.
-_UNSUPPORTED = dict(pos_conv_depth=1, layer_type="transformer", crop_seq_to_multiple=1, required_seq_len_multiple=1,
-                    quantize_input=False)
+# conv_pos_batch_norm (fairseq's Wav2Vec2Config, "batch norm instead of weight norm in conv_pos")
+# changes the position convolution's weights: refused by name, not met as a shape mismatch.
+_UNSUPPORTED = dict(pos_conv_depth=1, layer_type="transformer", crop_seq_to_multiple=1, quantize_input=False,
+                    conv_pos_batch_norm=False)
+# Options that change nothing s3prl's upstream computes, accepted with any valid value (docs/model.md,
+# "Families"): required_seq_len_multiple pads the transformer's input to a multiple of it, masks the
+# padding as padded keys and cuts it off again (s3prl upstream/wav2vec2/wav2vec2_model.py,
+# TransformerEncoder.extract_features; fairseq's default is 2).
+_IGNORED_POSITIVE_INTS = ("required_seq_len_multiple",)
+_MAX_SEQ_MULTIPLE = 1_000_000
 # Pre-training heads: in the files, not in the backbone s3prl's upstreams run (dropped).
 _HEADS = re.compile(r"^(final_proj|label_embs_concat|quantizer|project_q|target_glu|project_inp)(\.|$)")
 # fairseq's names for a family (cfg.model._name; args.arch)
@@ -61,6 +70,10 @@ def arch_from_release_cfg(cfg: dict, family: str = "wavlm") -> WavLMArch:
     for key, needed in _UNSUPPORTED.items():
         if key in cfg and cfg[key] != needed:
             raise ValueError(f"{key}={cfg[key]!r} is not supported (only {needed!r})")
+    for key in _IGNORED_POSITIVE_INTS:
+        value = cfg.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SEQ_MULTIPLE:
+            raise ValueError(f"{key}={value!r} must be an integer in [1, {_MAX_SEQ_MULTIPLE:,}]")
     conv = parse_conv_layers(c["conv_feature_layers"])
     try:
         return dense_arch(
@@ -175,7 +188,10 @@ def hf_backbone(state: dict, arch: WavLMArch) -> dict:
     if any(k.startswith(prefix) for k in state):  # WavLMForCTC, HubertForCTC, Wav2Vec2ForPreTraining, ...
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     state = {hf_to_release_key(k, arch.extractor_mode): v for k, v in state.items()}
-    state.setdefault("mask_emb", torch.zeros(arch.embed_dim))  # HF omits it when masking is off
+    if "mask_emb" not in state:  # HF omits it when masking is off
+        # embed_dim is config.json's hidden_size, a declared size not yet checked against the stored
+        # tensors: one zero, seen as embed_dim values; the loader's copy allocates it after the check
+        state["mask_emb"] = torch.zeros(1).expand(arch.embed_dim)
     return state
 
 
@@ -203,3 +219,35 @@ def hf_to_release_key(key: str, extractor_mode: str = "default") -> str:
         key = re.sub(pattern, replacement, key)
     norm = "2.1" if extractor_mode == "layer_norm" else "2"
     return re.sub(r"^(feature_extractor\.conv_layers\.\d+)\.layer_norm\.", rf"\1.{norm}.", key)
+
+
+# ---------------------------------------------------------------------------- dropout rates
+# The rates s3prl's experts keep active in train mode (model/dropout.py), read from the file.
+# Release / fairseq / s3prl-converted configs: the field names of s3prl's WavLMConfig
+# (upstream/wavlm/WavLM.py), HubertConfig (hubert/hubert_model.py) and Wav2Vec2Config
+# (wav2vec2/wav2vec2_model.py), whose defaults for an absent field agree: 0.1, 0.1, 0.0, 0.0.
+_RELEASE_DROPOUT = dict(dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, dropout_input=0.0)
+# Hugging Face config.json: its name for each rate and transformers' default (WavLMConfig,
+# HubertConfig, Wav2Vec2Config agree). hidden_dropout is used where fairseq uses `dropout`
+# (encoder input, attention and FFN outputs), feat_proj_dropout after the feature projection.
+_HF_DROPOUT = dict(dropout=("hidden_dropout", 0.1), attention_dropout=("attention_dropout", 0.1),
+                   activation_dropout=("activation_dropout", 0.1), dropout_input=("feat_proj_dropout", 0.0))
+
+
+def release_dropout(ckpt: dict) -> dict[str, float]:
+    """The dropout rates of a loaded `.pt` that read_release accepted (its model cfg, in read_release's order)."""
+    if {"task_cfg", "model_cfg", "model_weight"} <= set(ckpt):
+        model = ckpt["model_cfg"]
+    elif "model" in ckpt and isinstance(ckpt.get("cfg"), dict) and isinstance(ckpt["cfg"].get("model"), dict):
+        model = ckpt["cfg"]["model"]
+    elif "model" in ckpt and isinstance(ckpt.get("args"), dict) and not ckpt.get("cfg"):
+        model = ckpt["args"]
+    else:
+        model = ckpt["cfg"]
+    return check_rates({k: model.get(k, v) for k, v in _RELEASE_DROPOUT.items()}, "the model configuration")
+
+
+def hf_dropout(config: dict) -> dict[str, float]:
+    """The dropout rates of a Hugging Face config.json, in our (fairseq's) names."""
+    return check_rates({ours: config.get(theirs, default) for ours, (theirs, default) in _HF_DROPOUT.items()},
+                       "config.json")

@@ -38,7 +38,7 @@ LAYERS = (
 )
 # What the s3prl upstream may reach (transitively): a SUPERB user needs the model and its file.
 UPSTREAM_REACH = ("s3prl_plugin.expert", "s3prl_plugin.hubconf", "model", "arch", "gating", "checkpoints", "families",
-                  "fairseq_pickle", "safe_load", "errors", "__init__")
+                  "fairseq_pickle", "safe_load", "errors", "small_files", "__init__")
 # What file formats may reach: never the trainer, the CLI, the analysis, the demo or the data pipeline.
 FORMATS = ("checkpoints", "exporting", "run_dir")
 FORMATS_REACH = FORMATS + ("model", "arch", "gating", "families", "fairseq_pickle", "safe_load", "errors", "__init__")

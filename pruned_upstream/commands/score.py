@@ -22,14 +22,14 @@ def upstream_size(ckpt: str | None) -> dict | None:
 
     None when the file is unknown or unreadable: the table then leaves the columns empty.
     """
-    if not ckpt or not Path(ckpt).exists():
-        return None
+    if not ckpt or not (Path(ckpt).is_file() or Path(ckpt).is_dir()):
+        return None  # unknown, or a FIFO / device an expdir's args YAML may name: never opened
     from ..checkpoints import load_model
     from ..macs import SUPERB_LENGTHS, superb_macs
 
     try:
         model = load_model(ckpt)
-    except ValueError as err:  # CheckpointError included: say why the size columns stay empty
+    except (ValueError, OSError, MemoryError) as err:  # CheckpointError included: say why the columns stay empty
         print(f"warning: {err}; its parameters and MACs are left out", file=sys.stderr)
         return None
     return {"params_m": model.num_params() / 1e6,

@@ -22,10 +22,9 @@ def _read_model_config(path: str | None) -> dict:
     """The optional `-g` model config: a YAML mapping (e.g. `drop_layers: [9, 10, 11]`)."""
     if not path:
         return {}
-    import yaml
+    from ..small_files import read_yaml_file
 
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
+    config = read_yaml_file(path) or {}  # regular, bounded, no YAML aliases
     if not isinstance(config, dict):
         raise ValueError(f"{path}: the upstream model config must be a YAML mapping")
     unknown = set(config) - {"drop_layers"}

@@ -28,8 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from ..small_files import read_yaml_file
 from .tasks import COMMON_PACKAGES, S3PRL_COMMIT, S3PRL_REPO, DataPath, Package, TaskSpec, config_path, get_task
 
 S3PRL_RELATIVE = ("downstream/", "./downstream/")
@@ -61,8 +60,7 @@ def installed_s3prl_root() -> Path | None:
 
 def load_task_config(task: str) -> dict:
     """Our YAML for ``task`` as a dict, unresolved (``${...}`` and s3prl-relative paths kept)."""
-    with open(config_path(task)) as f:
-        return yaml.safe_load(f)
+    return read_yaml_file(config_path(task))  # regular, bounded, no YAML aliases (small_files)
 
 
 def effective_config(task: str, s3prl_root: Path, override: str | None = None,

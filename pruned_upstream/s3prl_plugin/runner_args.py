@@ -19,6 +19,7 @@ import yaml
 
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.s3prl_plugin import tasks
+from pruned_upstream.small_files import read_yaml_file
 
 # Flags of s3prl 0.4.18's run_downstream.py whose values are read or rewritten here.
 _FLAGS = {
@@ -184,8 +185,7 @@ def resolve_and_check(argv: list[str]) -> list[str]:
     if "past_exp" in opts or "config" not in opts or "downstream" not in opts:
         return argv  # resuming (-e): s3prl reuses the saved, already resolved config
     root = pf.installed_s3prl_root()
-    with open(opts["config"].value) as f:
-        config = yaml.safe_load(f) or {}
+    config = read_yaml_file(opts["config"].value) or {}  # regular, bounded, no YAML aliases
     resolved = pf.resolve_config_paths(config, root) if root else config
     task = task_of(opts["downstream"].value, opts["config"].value)
     if task is not None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from pruned_upstream.errors import CheckpointError
+from pruned_upstream.small_files import read_small_text, read_yaml_file
 from pruned_upstream.superb.records import RESULT_JSON, Experiment, ModelResults, check_metric
 from pruned_upstream.superb.references import TASKS
 from pruned_upstream.superb.s3prl_logs import TASK_METRIC_NAMES, TASK_SOURCES
@@ -24,14 +23,18 @@ CTC_CORPUS_TASKS = {"libriphone": "PR", "snips": "SF"}
 
 
 def _latest_yaml(expdir: Path, pattern: str) -> dict:
-    """The newest of s3prl's `args_<date>.yaml` / `config_<date>.yaml` (names sort by date)."""
+    """The newest of s3prl's `args_<date>.yaml` / `config_<date>.yaml` (names sort by date).
+
+    Read only as a regular file of at most 1 MB (a FIFO or a link to /dev/zero would be read
+    forever), as safe YAML without aliases (a few hundred bytes of nested aliases expand to
+    gigabytes): small_files."""
     files = sorted(expdir.glob(pattern))
     if not files:
         return {}
     try:
-        content = yaml.safe_load(files[-1].read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError) as err:
-        raise CheckpointError(files[-1], f"unreadable YAML ({' '.join(str(err).split())[:300]})") from None
+        content = read_yaml_file(files[-1])
+    except CheckpointError as err:
+        raise CheckpointError(files[-1], f"unreadable YAML ({err.problem})") from None
     if not isinstance(content, dict):
         raise CheckpointError(files[-1], f"expected a YAML mapping, got {type(content).__name__}")
     return content
@@ -46,20 +49,35 @@ def _nested(config: dict, *keys: str):
 def task_of_downstream(args: dict, config: dict, expdir: Path) -> str:
     """SUPERB task of an expdir from its args (`downstream`) and config YAML."""
     downstream = args.get("downstream")
+    if not isinstance(downstream, str):  # a list or a mapping would not even be a dict key
+        raise ValueError(f"{expdir}: the args YAML's downstream must be a name (e.g. speech_commands), "
+                         f"got {_short(downstream)}")
     if downstream in DOWNSTREAM_TASKS:
         return DOWNSTREAM_TASKS[downstream]
     if downstream == "ctc":
         corpus = _nested(config, "downstream_expert", "corpus", "name")
         corpus = corpus or Path(str(args.get("config", ""))).stem
-        if corpus in CTC_CORPUS_TASKS:
+        if isinstance(corpus, str) and corpus in CTC_CORPUS_TASKS:
             return CTC_CORPUS_TASKS[corpus]
         raise ValueError(
-            f"{expdir}: ctc corpus {corpus!r} is neither of {sorted(CTC_CORPUS_TASKS)}")
+            f"{expdir}: ctc corpus {_short(corpus)} is neither of {sorted(CTC_CORPUS_TASKS)}")
     if downstream == "phone_linear":
         raise ValueError(f"{expdir}: phone_linear logs frame accuracy, not SUPERB's PER; "
                          "SUPERB PR is `-d ctc` with the libriphone config")
-    raise ValueError(f"{expdir}: s3prl downstream {downstream!r} is not a SUPERB task; known: "
+    raise ValueError(f"{expdir}: s3prl downstream {_short(downstream)} is not a SUPERB task; known: "
                      f"{sorted(DOWNSTREAM_TASKS) + ['ctc']}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text[:80] + (" ..." if len(text) > 80 else "")
+
+
+def _key(value, name: str, expdir: Path):
+    """A value that selects or groups expdirs (a fold, a layer): a plain scalar, or None."""
+    if value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{expdir}: {name} must be a plain value (a name or a number), got {_short(value)}")
 
 
 def _json_metrics(path: Path, task: str, value, unit: str) -> dict[str, float]:
@@ -79,8 +97,10 @@ def read_result_json(path: Path) -> tuple[str, dict[str, float]]:
     """Our `superb_result.json`: {"task": T, "metric": value} (METRICS units;
     "unit": "fraction" multiplies by 100); SF takes {"SF-F1": f, "SF-CER": c}."""
     try:
-        content = json.loads(path.read_text())
-    except (ValueError, OSError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        content = json.loads(read_small_text(path))
+    except CheckpointError:  # not a regular file, too large, not UTF-8
+        raise
+    except (ValueError, OSError, RecursionError) as err:  # JSONDecodeError is a ValueError
         raise CheckpointError(path, f"invalid JSON ({err})") from None
     if not isinstance(content, dict) or "task" not in content or "metric" not in content:
         raise CheckpointError(path, "expected {\"task\": ..., \"metric\": ...}")
@@ -122,11 +142,13 @@ def read_expdir(expdir: str | Path) -> Experiment:
         raise ValueError(f"{expdir}: no args_*.yaml nor {RESULT_JSON}: not an s3prl expdir")
     else:
         metrics, sources = _read_logs(expdir, task)
-    layer = args.get("upstream_layer_selection")
+    layer = _key(args.get("upstream_layer_selection"), "upstream_layer_selection", expdir)
     ckpt = args.get("upstream_ckpt") if args else None
+    fold = _key(_nested(config, "downstream_expert", "datarc", "test_fold"), "downstream_expert.datarc.test_fold",
+                expdir)
+    fold = None if fold is None else str(fold)  # folds are sorted and joined as names
     return Experiment(expdir, task, metrics, sources, str(args.get("evaluate_split", "test")) if args else "test",
-                      _nested(config, "downstream_expert", "datarc", "test_fold"), layer,
-                      str(ckpt) if ckpt else None)
+                      fold, layer, str(ckpt) if ckpt else None)
 
 
 # ------------------------------------------- one model from its expdirs (c)

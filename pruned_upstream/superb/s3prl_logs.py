@@ -4,38 +4,70 @@ Every reader returns (value in references.METRICS units, "file:line") or None. A
 only ever one the file states in full: a log that cannot be read, a matched line cut short
 (the file's last line without its newline: truncated, or still being written) or a value
 that is not a plain decimal number is a CheckpointError naming the file and line.
+
+Logs are read line by line in 64 KiB blocks, only from regular files: a line longer
+than small_files.LINE (64 Ki characters) is not read, and only the last MAX_MATCHES
+matching lines of a file are kept, so a sparse 1 GiB log.log costs time but no memory,
+and a FIFO or a link to /dev/zero is refused instead of read forever.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
+from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pruned_upstream.errors import CheckpointError
+from pruned_upstream.small_files import LINE, open_regular
 from pruned_upstream.superb.records import STDOUT_LOG
 from pruned_upstream.superb.references import TASKS
 
 QBE_SCORE_LOG = "score_twv.log"      # stdout of QUESST14's scoring/score-TWV-Cnxe.sh
 QBE_OURS_LOG = "score_twv_ours.log"  # our MTWV (superb/mtwv.py OURS_LOG), not the official scorer
 QBE_OURS_TAG = "[ours: superb/mtwv.py, not QUESST14's scorer]"
+MAX_MATCHES = 1000  # matching lines kept per file (the last ones); s3prl writes a few dozen at most
 
 
 def _matches(path: Path, pattern: re.Pattern, whole_lines: bool = True) -> list[tuple[str, re.Match]]:
     """(file:line, match) for each line of `path` matching `pattern`; `whole_lines`: a match
     on a last line without its newline is refused (its value may be cut short)."""
-    if not path.is_file():
+    if not path.exists():
         return []
+    found, count, last, ended = deque(maxlen=MAX_MATCHES), 0, "", True
     try:
-        text = path.read_text(errors="replace")
+        with open_regular(path) as file:
+            for line in _lines(file):
+                count, ended = count + 1, line is not None and line.endswith(("\n", "\r"))
+                if line is not None and (m := pattern.search(line.strip())):
+                    found.append((count, m))
+                last = line or ""
     except OSError as err:
         raise CheckpointError(path, f"cannot be read ({err.strerror or err})") from None
-    lines = text.splitlines()  # also splits tqdm's \r
-    found = [(n, m) for n, line in enumerate(lines, 1) if (m := pattern.search(line.strip()))]
-    if whole_lines and found and found[-1][0] == len(lines) and not text.endswith(("\n", "\r")):
-        raise CheckpointError(f"{path}:{len(lines)}", f"{lines[-1].strip()[:80]!r} is cut short (the file ends "
-                                                       "without a newline: truncated, or still being written); not read")
+    if whole_lines and found and found[-1][0] == count and not ended:
+        raise CheckpointError(f"{path}:{count}", f"{last.strip()[:80]!r} is cut short (the file ends "
+                                                 "without a newline: truncated, or still being written); not read")
     return [(f"{path}:{n}", m) for n, m in found]
+
+
+def _lines(file) -> Iterator[str | None]:
+    """The file's lines with their ends, split as str.splitlines splits (tqdm's \\r too), read in
+    blocks: memory stays bounded whatever the file holds. A line longer than LINE characters is
+    None (not read); a line without its end is the file's last, cut short."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending, overlong = "", False
+    while True:
+        block = file.read(LINE)
+        pieces = (pending + decoder.decode(block, final=not block)).splitlines(keepends=True)
+        pending = pieces.pop() if block and pieces else ""  # it may go on in the next block
+        for piece in pieces:
+            yield None if overlong or len(piece) > LINE else piece
+            overlong = False
+        if len(pending) > LINE:  # keep its last character: a "\r" the next block's "\n" ends
+            overlong, pending = True, pending[-1:]
+        if not block:
+            return
 
 
 _DECIMAL = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
