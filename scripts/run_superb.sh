@@ -59,6 +59,24 @@ run_to() {
 cli() { run "${CLI[@]}" "$@"; }
 
 # ------------------------------------------------------------------ overrides
+# s3prl (utility/helper.py, override) splits -o on ',,' and on every '=', then eval()s each value: a
+# value we build is written as a Python string literal whose ASCII outside [A-Za-z0-9/._+:@%~-] are
+# \xHH escapes (no ',', '=', quote or backslash left), so that it stays one string whatever it holds.
+# The bash twin of pruned_upstream/s3prl_plugin/override_quoting.py's s3prl_literal (one per language).
+# Bytes >= 0x80 are copied: main refuses an OUT_DIR that is not valid UTF-8.
+s3prl_str() {
+    local LC_ALL=C value=$1 out="'" char code i
+    for (( i = 0; i < ${#value}; i++ )); do
+        char=${value:i:1}
+        case $char in
+            [A-Za-z0-9/._+:@%~-]) out+=$char ;;
+            *) printf -v code '%d' "'$char"
+               if (( code < 0 || code >= 128 )); then out+=$char; else printf -v char '\\x%02x' "$code"; out+=$char; fi ;;
+        esac
+    done
+    printf '%s' "$out'"
+}
+
 join_overrides() {  # s3prl's -o syntax: key=value,,key=value (empty items dropped)
     local out="" item
     for item in "$@"; do [[ -n $item ]] && out+="${out:+,,}$item"; done
@@ -91,32 +109,35 @@ ckpts_by_step() {  # EXPDIR's states-N.ckpt, in increasing N
     done | sort -n | cut -d' ' -f2-
 }
 
+# Lists of paths pass one per line and are read with `read -r` / mapfile, never word-split: an
+# OUT_DIR holding a space or a glob character (exp[1] would match exp1) stays one literal path.
 last_complete() {  # EXPDIR's newest states-N.ckpt that is complete (a kill while s3prl saved cuts one short)
     local ckpt
-    for ckpt in $(ckpts_by_step "$1" | tac); do
+    while IFS= read -r ckpt; do
         if [[ ${DRY_RUN:-0} == 1 ]] || "$PYTHON" -c \
             'import sys, zipfile; sys.exit(0 if zipfile.is_zipfile(sys.argv[1]) else 1)' "$ckpt"; then
             echo "$ckpt"; return 0
         fi
         note "skipping $ckpt: incomplete (cut short while saving)" >&2
-    done
+    done < <(ckpts_by_step "$1" | tac)
 }
 
 asv_ckpts() {  # the checkpoints s3prl's sv_voxceleb1/test_expdir.sh tests: states-N, N a multiple of
     # 20000 (its list: 20000 .. 200000); a shorter run with none of those: every states-N
-    local all ckpt chosen=()
-    all=$(ckpts_by_step "$1")
-    for ckpt in $all; do
+    local all=() ckpt chosen=()
+    mapfile -t all < <(ckpts_by_step "$1")
+    for ckpt in "${all[@]}"; do
         ckpt=${ckpt##*/states-}; (( ${ckpt%.ckpt} % 20000 == 0 )) && chosen+=("$1/states-$ckpt")
     done
-    if (( ${#chosen[@]} > 0 )); then printf '%s\n' "${chosen[@]}"; else printf '%s\n' $all; fi
+    (( ${#chosen[@]} > 0 )) || chosen=("${all[@]}")
+    (( ${#chosen[@]} == 0 )) || printf '%s\n' "${chosen[@]}"
 }
 
 asv_pending() {  # the checkpoints of asv_ckpts whose states-N/log.txt has no test EER
     local ckpt
-    for ckpt in $(asv_ckpts "$1"); do
-        has_line "${ckpt%.ckpt}/log.txt" 'sv-voxceleb1/test-EER: ' || echo "$ckpt"
-    done
+    while IFS= read -r ckpt; do
+        has_line "${ckpt%.ckpt}/log.txt" 'sv-voxceleb1/test-EER: ' || printf '%s\n' "$ckpt"
+    done < <(asv_ckpts "$1")
 }
 
 expdir_done() {  # TASK EXPDIR: does EXPDIR hold the metric the score reads?
@@ -146,7 +167,7 @@ expdirs_of() {  # every expdir of TASK (ER: one per fold; QbE: dev and test per 
 
 task_done() {
     local dir
-    for dir in $(expdirs_of "$1"); do expdir_done "$1" "$dir" || return 1; done
+    while IFS= read -r dir; do expdir_done "$1" "$dir" || return 1; done < <(expdirs_of "$1")
 }
 
 missing_vars() {  # the data variables of TASK that are unset (DSCORE_ROOT: neither dscore nor a .tar.gz of it)
@@ -201,23 +222,27 @@ run_standard() {  # PR KS IC SID ASR SF, and each ER fold
 run_er() {
     local fold
     for fold in "${ER_FOLDS[@]}"; do
-        run_standard ER "$OUT/ER_$fold" "config.downstream_expert.datarc.test_fold=$fold"
+        run_standard ER "$OUT/ER_$fold" "config.downstream_expert.datarc.test_fold=$(s3prl_str "$fold")"
     done
 }
 
 run_asv() {  # s3prl's sv_voxceleb1/test_expdir.sh, through our runner: every checkpoint, best EER
-    local dir=$OUT/ASV ckpt state pending
+    local dir=$OUT/ASV ckpt state pending=() log eer
     train ASV "$dir"
-    pending=$(asv_pending "$dir")
-    [[ ${DRY_RUN:-0} == 1 && -z $pending ]] && pending="$dir/states-N.ckpt"  # not trained yet
-    for ckpt in $pending; do
+    mapfile -t pending < <(asv_pending "$dir")
+    [[ ${DRY_RUN:-0} == 1 && ${#pending[@]} == 0 ]] && pending=("$dir/states-N.ckpt")  # not trained yet
+    for ckpt in "${pending[@]}"; do
         state=${ckpt%.ckpt}
         [[ ${DRY_RUN:-0} == 1 ]] || mkdir -p "$state"
-        set_o "$(join_overrides "args.expdir=$state" "$(eval_override ASV)")"
+        set_o "$(join_overrides "args.expdir=$(s3prl_str "$state")" "$(eval_override ASV)")"
         run_to "$state/log.txt" "${CLI[@]}" superb -m evaluate -e "$ckpt" -t "${TEST_SPLIT[ASV]}" "${O[@]}"
     done
-    [[ ${DRY_RUN:-0} == 1 ]] || grep -H 'sv-voxceleb1/test-EER: ' "$dir"/states-*/log.txt \
-        | sort -t: -k3,3g | head -n 1 | sed 's/^/[run_superb] ASV: lowest EER: /'
+    [[ ${DRY_RUN:-0} == 1 ]] && return 0
+    for log in "$dir"/states-*/log.txt; do  # "EER PATH" per log (a ':' in OUT_DIR would cut grep -H's fields)
+        [[ -f $log ]] && eer=$(grep -m1 -o 'sv-voxceleb1/test-EER: [^[:space:]]*' "$log") \
+            && printf '%s %s\n' "${eer##* }" "$log"
+    done | sort -g -k1,1 | { read -r eer log && echo "[run_superb] ASV: lowest EER: $log:sv-voxceleb1/test-EER: $eer"; } \
+        || true
 }
 
 sd_score() {  # EXPDIR: s3prl's diarization/score.sh grid (make_rttm.py + dscore, both unchanged), lowest DER
@@ -286,7 +311,7 @@ score_all() {  # TASK...: score these complete tasks (a partial one, e.g. 3 of 5
     if [[ ${DRY_RUN:-0} != 1 ]]; then
         rm -rf "$OUT/scored"; mkdir -p "$view"
         for task in "$@"; do  # relative links: OUT_DIR may be moved
-            for dir in $(expdirs_of "$task"); do ln -s "../../${dir##*/}" "$view/${dir##*/}"; done
+            while IFS= read -r dir; do ln -s "../../${dir##*/}" "$view/${dir##*/}"; done < <(expdirs_of "$task")
         done
     fi
     cli score "$view" --allow-missing
@@ -318,12 +343,16 @@ main() {
     [[ -f $1 || -d $1 ]] || die "upstream checkpoint '$1' does not exist"
     [[ -z ${STEPS_OVERRIDE:-} || $STEPS_OVERRIDE =~ ^[1-9][0-9]*$ ]] || die "STEPS_OVERRIDE='$STEPS_OVERRIDE' is not a positive integer"
     local fold; for fold in "${ER_FOLDS[@]}"; do [[ $fold =~ ^fold[1-5]$ ]] || die "ER_FOLDS: '$fold' is not fold1 .. fold5"; done
-    local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-    CKPT=$(realpath "$1"); OUT=$(realpath -m "$2"); shift 2
-    [[ $OUT != *[[:space:]]* ]] || die "OUT_DIR '$OUT' contains whitespace"
-    CONFIGS=$(realpath "$here/../downstream_configs")
-    MODEL_NAME=${MODEL_NAME:-$(basename "$OUT")}
+    local here; here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+    # `--`: a path starting with '-' is a path, not an option of realpath
+    CKPT=$(realpath -- "$1"); OUT=$(realpath -m -- "$2"); shift 2
+    # paths pass between our functions one per line; s3prl_str copies bytes >= 0x80 as they are
+    [[ $OUT != *[[:cntrl:]]* ]] || die "OUT_DIR '$OUT' contains a control character (a newline?)"
+    CONFIGS=$(realpath -- "$here/../downstream_configs")
+    MODEL_NAME=${MODEL_NAME:-$(basename -- "$OUT")}
     find_cli "$here"
+    "$PYTHON" -c 'import os, sys; os.fsencode(sys.argv[1]).decode("utf-8")' "$OUT" 2>/dev/null \
+        || die "OUT_DIR '$OUT' is not valid UTF-8 text: rename it (its path goes into s3prl's -o as a string)"
     local requested=("$@") tasks=() t
     (( $# > 0 )) || requested=("${ALL_TASKS[@]}")
     for t in "${requested[@]}"; do tasks+=("$(canonical_task "$t")"); done
@@ -342,6 +371,7 @@ main() {
                 local n; n=$(count_layers) || { note "QbE: could not count the layers of $CKPT; set QBE_LAYERS"; failed+=(QbE); continue; }
                 QBE_LAYER_LIST=$(seq -s ' ' 0 $((n - 1)))
             fi
+            [[ $QBE_LAYER_LIST =~ ^[0-9]+( [0-9]+)*$ ]] || die "QBE_LAYERS='${QBE_LAYERS:-}' is not a list of layer numbers (0,1,2)"
         fi
         if task_done "$t"; then note "$t: result present, skipped"; complete+=("$t"); continue; fi
         note "$t: start"
@@ -355,4 +385,5 @@ main() {
     (( ${#failed[@]} == 0 ))
 }
 
-main "$@"
+# sourced (tests call s3prl_str): define the functions only
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi

@@ -24,9 +24,10 @@ MAX_LINES = 450
 # Rank of each module (first matching prefix wins): a module imports only modules of a
 # rank no higher than its own, and within a rank the graph has no cycle.
 LAYERS = (
-    ("foundation", 0, ("arch", "gating", "config", "config_files", "shipped", "errors", "small_files")),
+    ("foundation", 0, ("arch", "gating", "config", "config_files", "shipped", "errors", "small_files",
+                            "run_files")),
     ("superb score (torch-free)", 0, ("superb",)),
-    ("s3prl task facts (torch-free)", 0, ("s3prl_plugin.tasks", "s3prl_plugin.preflight")),
+    ("s3prl task facts (torch-free)", 0, ("s3prl_plugin.tasks", "s3prl_plugin.preflight", "s3prl_plugin.override_quoting")),
     ("model", 1, ("model",)),
     ("file formats", 2, ("checkpoints", "safe_load", "families", "fairseq_pickle", "exporting", "run_dir", "macs", "s3prl_plugin.expert",
                          "s3prl_plugin.hubconf", "__init__")),
@@ -41,9 +42,10 @@ UPSTREAM_REACH = ("s3prl_plugin.expert", "s3prl_plugin.hubconf", "model", "arch"
                   "fairseq_pickle", "safe_load", "errors", "small_files", "__init__")
 # What file formats may reach: never the trainer, the CLI, the analysis, the demo or the data pipeline.
 FORMATS = ("checkpoints", "exporting", "run_dir")
-FORMATS_REACH = FORMATS + ("model", "arch", "gating", "families", "fairseq_pickle", "safe_load", "errors", "__init__")
-TORCH_FREE = ("arch", "errors", "small_files", "gating", "config", "config_files", "shipped", "superb", "s3prl_plugin.tasks", "s3prl_plugin.preflight",
-              "macs")
+FORMATS_REACH = FORMATS + ("model", "arch", "gating", "families", "fairseq_pickle", "safe_load", "errors", "__init__",
+                           "run_files")
+TORCH_FREE = ("arch", "errors", "small_files", "run_files", "gating", "config", "config_files", "shipped", "superb", "s3prl_plugin.tasks", "s3prl_plugin.preflight",
+              "s3prl_plugin.override_quoting", "macs")
 # Citations of files that only exist outside the repository.
 OUTSIDE = re.compile(
     r"\.\./shared|/work/|\bshared/(seeds|third_party)|\b(METHOD|ENVIRONMENT|SUPERB_REFERENCE|ARCHITECTURE|STYLE)\.md"

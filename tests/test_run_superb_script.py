@@ -36,9 +36,9 @@ def clean_env(**extra: str) -> dict:
     return {**env, **extra}
 
 
-def run_script(args: list, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_script(args: list, env: dict, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
 
 
 def commands(stdout: str) -> list[list[str]]:
@@ -88,9 +88,9 @@ def test_dry_run_prints_every_task(dry):
                 assert len(test) == 1 and option(test[0], "-t") == spec.test_split
     assert len(trains) == 13  # PR KS IC SID ASR SF ASV SD + 5 ER folds
     folds = [option(trained[str(out / f"ER_fold{k}")], "-o").split(",,")[-1] for k in range(1, 6)]
-    assert folds == [f"config.downstream_expert.datarc.test_fold=fold{k}" for k in range(1, 6)]
+    assert folds == [f"config.downstream_expert.datarc.test_fold='fold{k}'" for k in range(1, 6)]
     asv = [c for c in evals if option(c, "-e") == str(out / "ASV" / "states-N.ckpt")]
-    assert option(asv[0], "-o") == f"args.expdir={out}/ASV/states-N" and asv[0][-2:] == [">", f"{out}/ASV/states-N/log.txt"]
+    assert option(asv[0], "-o") == f"args.expdir='{out}/ASV/states-N'" and asv[0][-2:] == [">", f"{out}/ASV/states-N/log.txt"]
     qbe = [(option(c, "-l"), option(c, "-t"), option(c, "-p")) for c in evals if option(c, "-d") == "quesst14_dtw"]
     assert qbe == [(layer, split, f"{out}/QbE_{split}_layer{layer}") for layer in "01" for split in ("dev", "test")]
     # no official scorer under the (fake) QUESST14_ROOT: ours, per expdir, against the split's ground truth
@@ -207,3 +207,81 @@ def test_er_folds_can_be_reduced_and_are_checked(dry):
     assert [option(c, "-p") for c in trains] == [str(out / "ER_fold2")]
     bad = run_script([ckpt, out, "ER"], {**env, "ER_FOLDS": "fold6"})
     assert bad.returncode == 2 and "ER_FOLDS: 'fold6' is not fold1 .. fold5" in bad.stderr
+
+
+# ------------------------------------------------- hostile OUT_DIRs (issue 18)
+MARKER = "MARKER"
+HOSTILE = {
+    "equals": "runs/lr=1e-4",
+    "dash": "-x",
+    "code": ",,config.x=__import__('os').system('touch MARKER')#",
+    "quote": "it's",
+    "space": "my runs",
+}
+
+
+def s3prl_reads(override: str) -> tuple[dict, dict]:
+    """What s3prl's own ``override`` (utility/helper.py) makes of an ``-o`` string: (args, config)."""
+    import argparse
+
+    from s3prl.utility.helper import override as s3prl_override
+
+    args, config = argparse.Namespace(), {}
+    s3prl_override(override, args, config)
+    return vars(args), config
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_out_dirs_reach_s3prl_as_one_string(dry, name, monkeypatch):
+    """ASV's -o args.expdir and ER's test_fold, read by s3prl's own parser: the path, no code run."""
+    ckpt, out, env = dry
+    work = out.parent / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # s3prl's eval would run `touch MARKER` here
+    proc = run_script([ckpt, HOSTILE[name], "ASV", "ER"], {**env, "ER_FOLDS": "fold3"}, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    target = Path(os.path.abspath(work / HOSTILE[name]))
+    cmds = commands(proc.stdout)
+    [asv] = [c for c in superb_runs(cmds, "evaluate") if option(c, "-e") == str(target / "ASV" / "states-N.ckpt")]
+    args, config = s3prl_reads(option(asv, "-o"))
+    assert args == {"expdir": str(target / "ASV" / "states-N")} and config == {}
+    [er] = [c for c in superb_runs(cmds, "train") if option(c, "-p") == str(target / "ER_fold3")]
+    args, config = s3prl_reads(option(er, "-o"))
+    assert config["downstream_expert"]["datarc"]["test_fold"] == "fold3" and config["runner"]["total_steps"] == 7
+    assert not (work / MARKER).exists() and not list(work.iterdir())
+
+
+def test_a_glob_in_out_dir_does_not_match_a_sibling_s_results(dry):
+    """OUT_DIR exp[1] beside exp1 holding KS's result: exp[1]'s KS still runs (unquoted, it matched exp1/KS)."""
+    ckpt, out, env = dry
+    write_args(out / "exp1" / "KS", "speech_commands")
+    (out / "exp1" / "KS" / "log.log").write_text("test at step 0: 0.9\n")
+    proc = run_script([ckpt, out / "exp[1]", "KS"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "result present" not in proc.stdout
+    trains = superb_runs(commands(proc.stdout), "train")
+    assert [option(c, "-p") for c in trains] == [str(out / "exp[1]" / "KS")]
+
+
+def test_an_out_dir_that_is_not_utf8_or_holds_a_newline_is_refused_in_one_line(dry):
+    ckpt, out, env = dry
+    proc = run_script([ckpt, str(out) + "/a\nb", "KS"], env)
+    assert proc.returncode == 2 and "control character" in proc.stderr and len(proc.stderr.splitlines()) == 2
+    bad = subprocess.run([b"bash", bytes(SCRIPT), bytes(ckpt), bytes(out) + b"/caf\xe9", b"KS"], env=env,
+                         capture_output=True, timeout=120)
+    assert bad.returncode == 2 and b"is not valid UTF-8" in bad.stderr
+
+
+@pytest.mark.parametrize("value", ["runs/lr=1e-4", "exp[1]", "-x", "a,,b=c", "it's \\ \"q\"", "tab\tnew\nline",
+                                   "caf\u00e9 \u65e5\u672c", ",,config.x=__import__('os').system('touch MARKER')#"])
+def test_the_bash_quoting_and_the_python_quoting_agree_with_s3prl(value, tmp_path, monkeypatch):
+    """run_superb.sh's s3prl_str and override_quoting.s3prl_literal: the same literal, which s3prl reads back whole."""
+    from pruned_upstream.s3prl_plugin.override_quoting import s3prl_literal
+
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run(["bash", "-c", 'source "$1"; s3prl_str "$2"', "bash", str(SCRIPT), value],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == s3prl_literal(value)
+    args, _ = s3prl_reads(f"args.expdir={proc.stdout},,args.other='x'")
+    assert args == {"expdir": value, "other": "x"} and not list(tmp_path.iterdir())

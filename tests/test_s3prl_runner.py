@@ -31,6 +31,7 @@ from s3prl_fixtures import (
 )
 
 from pruned_upstream.s3prl_plugin import register, runner
+from pruned_upstream.s3prl_plugin.override_quoting import s3prl_literal
 
 STEPS = 4
 
@@ -194,7 +195,7 @@ def test_prepare_argv_makes_paths_absolute(tmp_path):
     out = runner.prepare_argv(argv, tmp_path, cuda_available=False)
     assert out == ["-m", "train", "-u", "x", "-k", str(tmp_path / "tiny.pt"), "-d", "speech_commands",
                    f"--config={tmp_path / 'ks.yaml'}", f"-p{tmp_path / 'exp'}",
-                   "-o", f"args.expdir='{tmp_path / 'out'}',,config.a.b={tmp_path / 'tiny.pt'}"
+                   "-o", f"args.expdir={s3prl_literal(str(tmp_path / 'out'))},,config.a.b={s3prl_literal(str(tmp_path / 'tiny.pt'))}"
                    ",,config.runner.total_steps=3",
                    "--device", "cuda:1"]
 

@@ -91,9 +91,11 @@ def evaluate_layer(ckpt: Path, dataset_root: Path, expdir: Path, split: str, lay
     """``pruned-upstream superb -m evaluate -d quesst14_dtw -l LAYER -t SPLIT`` into ``expdir``."""
     from pruned_upstream.s3prl_plugin.runner import run_superb
 
-    overrides = [f"config.downstream_expert.datarc.dataset_root={dataset_root}", override]
+    from pruned_upstream.s3prl_plugin.override_quoting import join_items, override_item
+
+    overrides = [override_item("config.downstream_expert.datarc.dataset_root", str(dataset_root)), override]
     argv = ["-m", "evaluate", "-u", upstream, "-k", str(ckpt), "-d", "quesst14_dtw",
-            "-l", str(layer), "-t", split, "-p", str(expdir), "-o", ",,".join(o for o in overrides if o)]
+            "-l", str(layer), "-t", split, "-p", str(expdir), "-o", join_items(overrides)]
     code = run_superb(argv)
     if code != 0 or not (expdir / mtwv.STDLIST).is_file():
         raise RuntimeError(f"QbE layer {layer} {split}: `pruned-upstream superb {' '.join(argv)}` exited {code} "

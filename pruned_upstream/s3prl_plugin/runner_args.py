@@ -8,6 +8,7 @@ config into ``<expdir>/superb_config.yaml`` and runs the task's preflight.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import zipfile
@@ -20,6 +21,7 @@ import yaml
 from pruned_upstream.s3prl_plugin import preflight as pf
 from pruned_upstream.s3prl_plugin import tasks
 from pruned_upstream.small_files import read_yaml_file
+from pruned_upstream.s3prl_plugin.override_quoting import s3prl_literal
 
 # Flags of s3prl 0.4.18's run_downstream.py whose values are read or rewritten here.
 _FLAGS = {
@@ -112,24 +114,34 @@ def _exists_in(path: str, cwd: Path) -> bool:
     return bool(path) and not os.path.isabs(path) and os.path.exists(os.path.join(cwd, path))
 
 
+def _unquoted(raw: str) -> str:
+    """The string a quoted Python literal stands for (as s3prl's eval reads it), else ``raw``."""
+    if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0]:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw[1:-1]
+        return value if isinstance(value, str) else raw
+    return raw
+
+
 def absolute_override(override: str, cwd: Path) -> str:
     """Make the paths inside ``-o`` absolute (s3prl's syntax: ``key=value,,key=value``).
 
     ``args.<path option>`` values always; ``args.upstream_ckpt`` and
     ``config.*`` values when they name something that exists under ``cwd``.
-    Quotes around a value are kept.
+    A rewritten value is written by ``override_quoting.s3prl_literal`` (a path
+    holding ``=``, ``,``, quotes or spaces stays one string for s3prl).
     """
     parts = []
     for option in override.split(",,"):
         key, sep, value = option.partition("=")
         fields = key.strip().split(".")
-        raw = value.strip()
-        quote = raw[0] if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0] else ""
-        raw = raw[1:-1] if quote else raw
+        raw = _unquoted(value.strip())
         always = fields[0] == "args" and fields[-1] in _PATH_DESTS
         maybe = (fields[0] == "config" or fields[-1] == "upstream_ckpt") and _exists_in(raw, cwd)
         if sep and raw and (always or maybe):
-            value = quote + _absolute(raw, cwd) + quote
+            value = s3prl_literal(_absolute(raw, cwd))
         parts.append(key + sep + value)
     return ",,".join(parts)
 

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pruned_upstream.s3prl_plugin.override_quoting import s3prl_literal
+
 VERSION = 1  # bump when a builder's output changes: older bundles are rebuilt
 STAMP = "small_superb.json"
 TASKS = ("PR", "KS", "IC", "SID", "ER", "ASR", "QbE", "SF", "ASV", "SD")  # run_superb.sh's ALL_TASKS
@@ -111,7 +113,9 @@ def task_overrides(paths: Paths, steps: int) -> dict[str, str]:
     """Task -> the ``-o`` string of its runs on the bundle (train, test, ASV's evaluations, QbE's DTW)."""
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
-    q = "'{}'".format  # s3prl eval()s each value: a quoted path stays a string whatever its characters
+    def q(path) -> str:  # s3prl eval()s each value: our one quoting of a path for -o (override_quoting.py)
+        return s3prl_literal(str(path))
+
     small_cls = _fields("datarc", num_workers=0) + _fields("modelrc", projector_dim=8)
     items = {
         # ctc pops corpus.num_workers after the first loader: the evaluate pass needs it again (docs/tasks/pr.md)
