@@ -70,10 +70,13 @@ def unavailable_tasks(bundle) -> dict[str, str]:
 
 @contextlib.contextmanager
 def fork_server(out: Path):
+    """commands/fork_server.py for the demo's runs: torch and s3prl imported once, not ~60 times.
+
+    Yields the server's directory (PRUNED_UPSTREAM_FORK_SERVER): a new path that the server creates
+    with mode 0700 inside a fresh private temporary directory, never a fixed shared name."""
     from .superb_data.bundle import FAST_ENV
 
-    """commands/fork_server.py for the demo's runs: torch and s3prl imported once, not ~60 times."""
-    path = Path(tempfile.mkdtemp(prefix="pu-fork-")) / "socket"
+    path = Path(tempfile.mkdtemp(prefix="pu-fork-")) / "server"
     log = open(out / "fork_server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "pruned_upstream.commands.fork_server", str(path)],
                             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
