@@ -6,6 +6,9 @@
 - kept_params_per_layer.png: kept parameters per layer of the last checkpoint, exported (Figure 3b).
 
 Everything is read from RUN_DIR/log.jsonl and the checkpoints: no TensorBoard needed.
+Nothing inside RUN_DIR is followed through a symbolic link (run_files.py): a link among
+its entries (plots/ or a PNG in it included) is refused in one line; each PNG is drawn
+into a new private temp directory, then renamed into place.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .errors import CheckpointError
 from .exporting import export
 from .model_report import save_layer_plot
 from .run_dir import latest_checkpoint, load_student, read_log
+from .run_files import make_dir, refuse_links, staged
 
 
 def _pyplot():
@@ -107,17 +111,20 @@ def plot_losses(rows: list[dict], png: Path) -> bool:
 def plot_run(run_dir) -> int:
     """Write the run's PNGs into RUN_DIR/plots and list them."""
     run_dir = Path(run_dir)
+    refuse_links(run_dir)  # RunLinkError (one line) naming the first link
     rows = read_log(run_dir)
     check_plotted_values(rows, run_dir / "log.jsonl")
-    out = run_dir / "plots"
-    out.mkdir(exist_ok=True)
+    out = make_dir(run_dir / "plots")
     written = []
     for name, plot in (("mask_trajectories.png", plot_mask_trajectories), ("sparsity.png", plot_sparsity),
                        ("loss.png", plot_losses)):
-        if plot(rows, out / name):
-            written.append(out / name)
+        with staged(out / name) as tmp:
+            if plot(rows, tmp):
+                written.append(out / name)
     if latest_checkpoint(run_dir) is not None:
-        save_layer_plot(export(load_student(run_dir)), str(out / "kept_params_per_layer.png"))
+        model = export(load_student(run_dir))
+        with staged(out / "kept_params_per_layer.png") as tmp:
+            save_layer_plot(model, str(tmp))
         written.append(out / "kept_params_per_layer.png")
     for path in written:
         print(f"saved {path}")

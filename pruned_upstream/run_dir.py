@@ -9,6 +9,9 @@
       skipped_audio.tsv             audio files found unusable when read (reason<TAB>path), if any
       .lock                         held while a prune runs (training/lock.py)
 
+Nothing inside RUN_DIR is followed through a symbolic link (run_files.py): a link
+among these entries is refused in one line, before anything is read or written.
+
 `student.safetensors` holds the student's weights with every gate's
 `log_alpha`; its metadata holds the architecture (JSON, as our model files)
 and the prune options. `state.pt` holds only tensors, numbers, strings, lists
@@ -33,6 +36,8 @@ from .errors import CheckpointError
 from .gating import PruneConfig
 from .model.prunable import make_prunable
 from .model.wavlm import WavLM
+from .run_files import (NOFOLLOW, append_to, make_dir, new_temp_file, open_run_file, read_run_file, refuse_link,
+                        remove_tree, replace_into, write_replacing)
 from .safe_load import checked_meta_model, materialise, read_safetensors, torch_load
 
 log = logging.getLogger(__name__)
@@ -48,12 +53,19 @@ def checkpoint_dir(run_dir, step: int) -> Path:
 
 
 def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first (temp dirs of a killed save are ignored)."""
+    """Complete checkpoints of a run, oldest first (temp dirs of a killed save are ignored);
+    RunLinkError when checkpoints/, a step-N or a file in one is a symbolic link."""
     root = Path(run_dir) / "checkpoints"
+    refuse_link(root)
     found = []
     for path in root.glob("step-*") if root.is_dir() else []:
         step = path.name[len("step-"):]
-        if step.isdigit() and (path / STUDENT_FILE).is_file() and (path / STATE_FILE).is_file():
+        if not step.isdigit():
+            continue
+        files = (path / STUDENT_FILE, path / STATE_FILE)
+        for item in (path, *files):
+            refuse_link(item)
+        if all(item.is_file() for item in files):
             found.append((int(step), path))
     return sorted(found)
 
@@ -78,11 +90,13 @@ def save_checkpoint(run_dir, step: int, student: torch.nn.Module, prune: dict | 
     from safetensors import SafetensorError
 
     final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    refuse_link(final)  # a link is never renamed over nor removed: its target stays untouched
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}-{os.urandom(4).hex()}")  # a fresh name: mkdir below
     try:
         _write_checkpoint(tmp, step, student, prune, state)
     except (OSError, RuntimeError, SafetensorError) as err:  # torch.save and safetensors wrap the OSError
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         raise CheckpointWriteError(
@@ -90,14 +104,15 @@ def save_checkpoint(run_dir, step: int, student: torch.nn.Module, prune: dict | 
             + (f"the previous checkpoint {previous} is complete: free space, then continue with "
                f"`pruned-upstream prune --out {run_dir} --resume`" if previous else "no earlier checkpoint exists")
         ) from err
+    refuse_link(final)
     if final.exists():  # the same step saved again (a resumed run re-saving its last step)
-        old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
+        old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}-{os.urandom(4).hex()}")
         final.rename(old)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # a real directory (not a link: refused above)
     else:
         tmp.rename(final)
-    _fsync_dir(final.parent)
+    _fsync(final.parent)
     _prune_old(run_dir, keep)
     return final
 
@@ -105,20 +120,20 @@ def save_checkpoint(run_dir, step: int, student: torch.nn.Module, prune: dict | 
 def _write_checkpoint(tmp: Path, step: int, student: torch.nn.Module, prune: dict | None, state: dict) -> None:
     from safetensors.torch import save_file
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    make_dir(tmp.parent)
+    tmp.mkdir()  # fails on anything already there, a planted link included: the files below are new
     weights = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     meta = {ARCH_KEY: student.arch.to_json(), STEP_KEY: str(step)}
     if prune is not None:
         meta[PRUNE_KEY] = json.dumps(prune)
     save_file(weights, str(tmp / STUDENT_FILE), metadata=meta)
     torch.save(state, tmp / STATE_FILE)
-    _fsync_dir(tmp)
+    _fsync(tmp / STUDENT_FILE, tmp / STATE_FILE, tmp)
 
 
-def _fsync_dir(path: Path) -> None:
-    for item in [*path.iterdir(), path] if path.is_dir() else [path]:
-        fd = os.open(item, os.O_RDONLY)
+def _fsync(*paths: Path) -> None:
+    for item in paths:
+        fd = os.open(item, os.O_RDONLY | NOFOLLOW)
         try:
             os.fsync(fd)
         finally:
@@ -128,13 +143,18 @@ def _fsync_dir(path: Path) -> None:
 def _prune_old(run_dir, keep: int) -> None:
     found = list_checkpoints(run_dir)
     for _, path in found[: max(0, len(found) - keep)] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)  # a link is refused (list_checkpoints), never followed
 
 
 def clean_temp(run_dir) -> None:
-    """Remove the temp dirs a killed save left behind."""
-    for path in (Path(run_dir) / "checkpoints").glob(".tmp-*step-*"):
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove the temp dirs a killed save left behind (a link there: the link only, never its target)."""
+    root = Path(run_dir) / "checkpoints"
+    refuse_link(root)
+    for path in root.glob(".tmp-*step-*"):
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def read_student_file(path) -> tuple[WavLMArch, dict | None, dict[str, torch.Tensor], int]:
@@ -190,6 +210,7 @@ def read_state(ckpt: Path) -> dict:
     """state.pt of a checkpoint (torch.load(weights_only=True)); CheckpointError when unreadable
     or without what a resumed run needs."""
     path = Path(ckpt) / STATE_FILE
+    refuse_link(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file: an incomplete checkpoint")
     state = torch_load(path)
@@ -205,6 +226,7 @@ def read_state(ckpt: Path) -> dict:
 def resolve_checkpoint(path) -> Path:
     """A run directory -> its newest checkpoint; a checkpoint directory -> itself."""
     path = Path(path)
+    refuse_link(path / STUDENT_FILE)
     if (path / STUDENT_FILE).is_file():
         return path
     ckpt = latest_checkpoint(path)
@@ -262,7 +284,7 @@ class ScalarLog:
 
     def write(self, step: int, scalars: dict, extra: dict | None = None) -> None:
         try:
-            with open(self.path, "a") as f:
+            with append_to(self.path) as f:  # O_NOFOLLOW: a link, dangling or not, is refused
                 f.write(json.dumps({"step": step, **scalars, **(extra or {})}) + "\n")
         except OSError as err:  # full disk, quota, I/O error: a line cut short is dropped on resume (read_log)
             raise RunWriteError(self.path, err) from None
@@ -289,52 +311,74 @@ def _tensorboard_writer(log_dir: Path, resume_step: int | None):
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop the records after `step` (a resumed run writes them again)."""
-    if not path.is_file():
+    """Drop the records after `step` (a resumed run writes them again): the kept lines go to a
+    new temp file, renamed over the log; a link is refused."""
+    refuse_link(path)
+    if not path.exists():
         return
-    kept = [line for line, row in _log_rows(path) if row["step"] <= step]  # a torn last line goes too
-    path.write_text("".join(line + "\n" for line in kept))
+    try:
+        with new_temp_file(path) as (f, tmp):
+            for line, row in _log_rows(path):  # a torn last line goes too
+                if row["step"] <= step:
+                    f.write(line.encode("utf-8") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            replace_into(tmp, path)
+    except OSError as err:
+        raise RunWriteError(path, err) from None
 
 
 def read_log(run_dir) -> list[dict]:
     """The rows of RUN_DIR/log.jsonl (see _log_rows)."""
     path = Path(run_dir) / "log.jsonl"
-    if not path.is_file():
+    refuse_link(path)
+    if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: not a run directory, or no step was logged yet")
     return [row for _, row in _log_rows(path)]
 
 
-def _log_rows(path: Path) -> list[tuple[str, dict]]:
-    """(line, row) of log.jsonl. A last line cut short (a run killed mid-write, no newline) is
-    dropped with a warning; any other line that is not a JSON object with an integer `step`
-    is a CheckpointError naming the file and line."""
+LOG_LINE = 1 << 20  # bytes: one log.jsonl line (a few KB for 24 layers); a longer one is refused
+
+
+def _log_rows(path: Path):
+    """(line, row) of log.jsonl, read line by line (never through a link, each line bounded).
+    A last line cut short (a run killed mid-write, no newline) is dropped with a warning; any
+    other line that is not a JSON object with an integer `step` is a CheckpointError naming the
+    file and line."""
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
+        f = open_run_file(path)
+    except OSError as err:
         raise CheckpointError(path, f"unreadable ({type(err).__name__}: {err})") from None
-    lines = text.split("\n")
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            if number == len(lines):  # the file does not end with a newline: a torn last write
-                log.warning("%s:%d: an incomplete last line (a run killed while writing it?) is ignored", path, number)
+    with f:
+        for number, raw in enumerate(iter(lambda: f.readline(LOG_LINE + 1), b""), 1):
+            where, torn = f"{path}:{number}", not raw.endswith(b"\n")  # no newline: the end of the file
+            if len(raw) > LOG_LINE:
+                raise CheckpointError(where, f"a line longer than {LOG_LINE:,} bytes; refused")
+            try:
+                line = raw.decode("utf-8").rstrip("\n")
+            except UnicodeDecodeError as err:
+                raise CheckpointError(where, f"unreadable (UnicodeDecodeError at byte {err.start})") from None
+            if not line.strip():
                 continue
-            raise CheckpointError(f"{path}:{number}", f"not a JSON line ({err})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
-            raise CheckpointError(f"{path}:{number}", "expected a JSON object with an integer 'step'")
-        rows.append((line, row))
-    return rows
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                if torn:  # the file does not end with a newline: a torn last write
+                    log.warning("%s: an incomplete last line (a run killed while writing it?) is ignored", where)
+                    continue
+                raise CheckpointError(where, f"not a JSON line ({err})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
+                raise CheckpointError(where, "expected a JSON object with an integer 'step'")
+            yield line, row
 
 
 def read_summary(run_dir) -> dict:
     """RUN_DIR/summary.json (written at the end of a run); CheckpointError when unreadable."""
     path = Path(run_dir) / "summary.json"
+    refuse_link(path)
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads(read_run_file(path).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(path, "no such file: the run has not finished") from None
     except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -345,14 +389,11 @@ def read_summary(run_dir) -> dict:
 
 
 def write_json(path, data: dict) -> None:
+    """A new temp file (O_EXCL, a fresh name) renamed over `path`; `path` a link: refused."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
-    except OSError as err:  # the previous file, if any, stays whole
-        tmp.unlink(missing_ok=True)
+        write_replacing(path, json.dumps(data, indent=2) + "\n")
+    except OSError as err:  # the previous file, if any, stays whole; the temp file is removed
         raise RunWriteError(path, err) from None
 
 

@@ -203,30 +203,30 @@ def test_full_disk_stops_the_run_keeps_the_last_checkpoint_and_resume_continues(
     assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
 
 
-@pytest.mark.parametrize("victim", ["log.jsonl", "summary.json.tmp"])
+@pytest.mark.parametrize("victim", ["log.jsonl", "summary.json"])
 def test_full_disk_on_the_log_or_the_summary_stops_in_one_line_and_resume_finishes(
         manifest, reference, tmp_path, monkeypatch, capsys, victim):
-    """ENOSPC while appending log.jsonl (at step 6) or writing summary.json: one line naming the file."""
-    import builtins
+    """ENOSPC while appending log.jsonl (at step 6) or writing summary.json's temp file: one line naming the file."""
+    real_open, calls = os.open, {"n": 0}
 
-    real_open, calls = builtins.open, {"n": 0}
-
-    def disk_full(file, mode="r", *args, **kwargs):
-        if Path(file).name == victim and mode[0] in "aw":
+    def disk_full(file, flags, *args, **kwargs):
+        name = Path(file).name
+        if flags & (os.O_WRONLY | os.O_RDWR) and (
+                (victim == "log.jsonl" and name == victim) or name.startswith(f".{victim}.tmp-")):
             calls["n"] += 1
-            if victim == "summary.json.tmp" or calls["n"] == 6:
+            if victim == "summary.json" or calls["n"] == 6:
                 raise OSError(errno.ENOSPC, "No space left on device", str(file))
-        return real_open(file, mode, *args, **kwargs)
+        return real_open(file, flags, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", disk_full)
+    monkeypatch.setattr(os, "open", disk_full)
     out = tmp_path / "run"
     assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert f"cannot write {out / victim.removesuffix('.tmp')} (No space left on device)" in err
+    assert f"cannot write {out / victim} (No space left on device)" in err
     assert f"pruned-upstream prune --out {out} --resume" in err
-    assert not (out / "summary.json").exists() and not (out / "summary.json.tmp").exists()
-    monkeypatch.setattr(builtins, "open", real_open)  # space freed
+    assert not (out / "summary.json").exists() and not list(out.glob(".summary.json.tmp*"))
+    monkeypatch.setattr(os, "open", real_open)  # space freed
     assert cli.main(["prune", "--out", str(out), "--resume"]) == 0
     assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
@@ -305,3 +305,44 @@ def test_a_full_disk_when_taking_the_lock_says_so_in_one_line(tmp_path, monkeypa
     monkeypatch.undo()
     with RunLock(tmp_path):  # the failed attempt left no lock behind
         pass
+
+
+def test_a_full_disk_when_saving_the_config_says_so_in_one_line(manifest, tmp_path, monkeypatch, capsys):
+    real_open = os.open
+
+    def disk_full(file, flags, *args, **kwargs):
+        if Path(file).name.startswith(".config.yaml.tmp-"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", disk_full)
+    out = tmp_path / "run"
+    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"cannot write {out / 'config.yaml'} (No space left on device): free space" in err
+    assert not (out / "config.yaml").exists() and not list(out.glob(".config.yaml.tmp-*"))
+
+
+def test_out_of_memory_during_the_run_stops_in_one_line_and_resume_finishes(
+        manifest, reference, tmp_path, monkeypatch, capsys):
+    """A MemoryError (numpy, Python) at step 6: one line naming the run and --resume; the checkpoint at 4 stays."""
+    from pruned_upstream.training.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def out_of_memory(self, micro_batches):
+        if self.step == 5:
+            raise MemoryError()
+        return real_step(self, micro_batches)
+
+    monkeypatch.setattr(Trainer, "train_step", out_of_memory)
+    out = tmp_path / "run"
+    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "out of memory (MemoryError)" in err and f"pruned-upstream prune --out {out} --resume" in err
+    assert [s for s, _ in run_io.list_checkpoints(out)] == [4]
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert cli.main(["prune", "--out", str(out), "--resume"]) == 0
+    assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))

@@ -8,7 +8,9 @@ ends in any way, SIGKILL included, so a lock left by a killed run is stale by
 construction and the next `prune` takes it. The file keeps the holder's pid,
 host and start time, which the refusal names. Under torchrun only rank 0 takes
 it (run.py tells the other ranks). flock is local to one machine; on NFS it is
-only as good as the server's lock support.
+only as good as the server's lock support. The lock file is opened with
+O_NOFOLLOW: a `.lock` that is a symbolic link (a run directory from elsewhere,
+pointing at ~/.bashrc) is refused in one line, its target never truncated.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+from ..run_files import open_lock_file, read_run_file
 
 LOCK_NAME = ".lock"
 
@@ -34,7 +38,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.path)  # RunLinkError for a link, CheckpointError for a FIFO, a directory, ...
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -70,8 +74,8 @@ class RunLock:
 
 def holder(path: Path) -> str:
     """What the lock file says about its holder ("unknown holder" when it says nothing)."""
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
+    try:  # bounded, one line, never through a link
+        text = " ".join(read_run_file(path, limit=4096).decode("utf-8", "replace").split())[:200]
+    except (OSError, ValueError):  # CheckpointError, RunLinkError
         text = ""
     return text or "unknown holder"

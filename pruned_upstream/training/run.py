@@ -12,6 +12,12 @@ key. `--config` is not needed either; given, its file is only compared, and
 where it differs from the saved values (the first start's overrides, or a file
 edited since) the saved values are kept, with a notice.
 One process (group) per run directory: lock.py.
+
+Nothing inside RUN_DIR is followed through a symbolic link (run_files.py): a link
+among its entries (config.yaml, .lock, log.jsonl, summary.json, checkpoints/step-N,
+...) is refused in one line before anything is read, and again once the lock is
+held. RUN_DIR itself may be a link: the user named it. A MemoryError stops the run
+in one line too (the last complete checkpoint stays).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch.distributed as dist
 from .. import run_dir as rundir
 from ..config import RESUMABLE_CHANGES, Config, differences, get_key
 from ..config_files import config_over, load_config, load_saved, save_config
+from ..run_files import refuse_links
 from .checks import check_before_training
 from .distributed import DistEnv, init_distributed
 from .lock import RunLock, RunLocked
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 def run_prune(config: str | None, overrides, out, resume: bool = False) -> int:
     """`pruned-upstream prune`: train from scratch, or continue RUN_DIR's last checkpoint."""
     run_dir = Path(out)
+    refuse_links(run_dir)  # before config.yaml is read: a RunLinkError (one line) names the link
     cfg, saved = _run_config(config, list(overrides or ()), run_dir, resume)
     check_before_training(cfg)  # the teacher's depth, the CNN gates, the data source: before anything heavy
     if cfg.run.threads > 0:
@@ -45,6 +53,7 @@ def run_prune(config: str | None, overrides, out, resume: bool = False) -> int:
     env = init_distributed(cfg.run.device)
     try:
         with _locked(run_dir, env):
+            refuse_links(run_dir)  # again, now that no other prune of ours writes here
             ckpt = rundir.latest_checkpoint(run_dir) if resume else None
             if not resume and (rundir.latest_checkpoint(run_dir) or (run_dir / "config.yaml").exists()):
                 raise ValueError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
@@ -56,6 +65,10 @@ def run_prune(config: str | None, overrides, out, resume: bool = False) -> int:
             if resume and ckpt is None:
                 print(f"{run_dir}: no checkpoint yet; starting the run from step 0")
             return _train(cfg, run_dir, env, ckpt)
+    except MemoryError:  # Python's own (numpy, a list): torch's out-of-memory errors are one-line RuntimeErrors
+        raise RuntimeError(f"out of memory (MemoryError) in the run {run_dir}: it stopped, its last complete "
+                           f"checkpoint stays: free memory (or lower data.num_workers), then "
+                           f"`pruned-upstream prune --out {run_dir} --resume`") from None
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -87,7 +100,11 @@ def _train(cfg: Config, run_dir: Path, env: DistEnv, ckpt: Path | None) -> int:
     env.barrier()  # every process has checked the run directory before anything is written
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        try:
+            save_config(cfg, run_dir / "config.yaml")
+        except OSError as err:  # full disk, quota: one line naming the file (the old config, if any, stays whole)
+            raise OSError(f"cannot write {run_dir / 'config.yaml'} ({err.strerror or err}): free space, then "
+                          "run the same command again") from None
         rundir.clean_temp(run_dir)
     env.barrier()
     trainer = Trainer(cfg, run_dir, env)

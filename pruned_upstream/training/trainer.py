@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import run_dir as rundir
+from ..run_files import RunLinkError
 from ..config import Config
 from ..exporting import export
 from ..model.prunable import (expected_sparsity, kept_prunable, log_alpha_parameters, realised_sparsity,
@@ -230,7 +231,7 @@ class Trainer:
             try:
                 rundir.save_checkpoint(self.run_dir, self.step, self.student, prune, state,
                                        self.cfg.run.keep_checkpoints)
-            except rundir.CheckpointWriteError as err:  # full disk, quota, I/O error: every process stops
+            except (rundir.CheckpointWriteError, RunLinkError) as err:  # full disk, a planted link: all stop
                 failed = [str(err)]
         if self.env.world > 1:
             dist.broadcast_object_list(failed, src=0)  # also the barrier: nobody runs ahead of the save
