@@ -33,22 +33,30 @@ MAX_MATCHES = 1000  # matching lines kept per file (the last ones); s3prl writes
 def _matches(path: Path, pattern: re.Pattern, whole_lines: bool = True) -> list[tuple[str, re.Match]]:
     """(file:line, match) for each line of `path` matching `pattern`; `whole_lines`: a match
     on a last line without its newline is refused (its value may be cut short)."""
+    return _matches_each(path, (pattern,), whole_lines)[0]
+
+
+def _matches_each(path: Path, patterns, whole_lines: bool = True) -> list[list[tuple[str, re.Match]]]:
+    """_matches of several patterns in one reading of the file; `whole_lines` holds for the first."""
     if not path.exists():
-        return []
-    found, count, last, ended = deque(maxlen=MAX_MATCHES), 0, "", True
+        return [[] for _ in patterns]
+    found = [deque(maxlen=MAX_MATCHES) for _ in patterns]
+    count, last, ended = 0, "", True
     try:
         with open_regular(path) as file:
             for line in _lines(file):
                 count, ended = count + 1, line is not None and line.endswith(("\n", "\r"))
-                if line is not None and (m := pattern.search(line.strip())):
-                    found.append((count, m))
-                last = line or ""
+                if line is not None:
+                    last = line.strip()
+                    for pattern, kept in zip(patterns, found):
+                        if m := pattern.search(last):
+                            kept.append((count, m))
     except OSError as err:
         raise CheckpointError(path, f"cannot be read ({err.strerror or err})") from None
-    if whole_lines and found and found[-1][0] == count and not ended:
-        raise CheckpointError(f"{path}:{count}", f"{last.strip()[:80]!r} is cut short (the file ends "
+    if whole_lines and found[0] and found[0][-1][0] == count and not ended:
+        raise CheckpointError(f"{path}:{count}", f"{last[:80]!r} is cut short (the file ends "
                                                  "without a newline: truncated, or still being written); not read")
-    return [(f"{path}:{n}", m) for n, m in found]
+    return [[(f"{path}:{n}", m) for n, m in kept] for kept in found]
 
 
 def _lines(file) -> Iterator[str | None]:
@@ -58,16 +66,30 @@ def _lines(file) -> Iterator[str | None]:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     pending, overlong = "", False
     while True:
-        block = file.read(LINE)
+        block = file.read(BLOCK)
+        if overlong and not pending and block and not any(b in block for b in _BREAK_BYTES):
+            continue  # still inside a line too long to read (a sparse file's hole): not even decoded
         pieces = (pending + decoder.decode(block, final=not block)).splitlines(keepends=True)
         pending = pieces.pop() if block and pieces else ""  # it may go on in the next block
         for piece in pieces:
             yield None if overlong or len(piece) > LINE else piece
             overlong = False
-        if len(pending) > LINE:  # keep its last character: a "\r" the next block's "\n" ends
-            overlong, pending = True, pending[-1:]
+        if len(pending) > LINE and pending[-1] in _ENDS:  # a whole line, too long to read
+            yield None
+            pending, overlong = "", False
+        elif len(pending) > LINE:  # keep a last "\r": the next block's "\n" may belong to it
+            overlong, pending = True, pending[-1:] if pending.endswith("\r") else ""
         if not block:
+            if overlong and not pending:
+                yield None  # the file ends inside the line too long to read
             return
+
+
+BLOCK = 1 << 20  # bytes read at once
+# What str.splitlines splits at: the characters that end a line for sure ("\r" may be followed by
+# "\n"); the bytes that start any of them in UTF-8 (memchr-fast to look for)
+_ENDS = "\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_BREAK_BYTES = tuple(bytes([b]) for b in b"\n\r\x0b\x0c\x1c\x1d\x1e\xc2\xe2")
 
 
 _DECIMAL = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
@@ -93,10 +115,9 @@ def read_log_accuracy(expdir: Path) -> tuple[float, str] | None:
     step of the last `New best on dev at step N` (the dev-best checkpoint);
     otherwise the last test line.
     """
-    tests = _matches(expdir / "log.log", _LOG_TEST)
+    tests, best = _matches_each(expdir / "log.log", (_LOG_TEST, _LOG_BEST_DEV))  # no value read from `best`
     if not tests:
         return None
-    best = _matches(expdir / "log.log", _LOG_BEST_DEV, whole_lines=False)  # no value read from it
     chosen = [t for t in tests if t[1].group(1) == "0"]
     if not chosen and best:
         step = best[-1][1].group(1)
