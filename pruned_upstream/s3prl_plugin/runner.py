@@ -44,8 +44,10 @@ from pathlib import Path
 from pruned_upstream.s3prl_plugin.caches import isolate_caches
 from pruned_upstream.s3prl_plugin.cuda_shim import tensor_cuda_stays_on_cpu
 from pruned_upstream.s3prl_plugin.output_tee import LogSink, TeeStream
+from pruned_upstream.s3prl_plugin.past_exp import PastExpError, check_past_exp
 from pruned_upstream.s3prl_plugin.runner_args import (PreflightError, config_for_downstream, prepare_argv,
-                                                      resolve_and_check)
+                                                      resolve_and_check, resolve_past_exp, scan_options,
+                                                      states_by_step)
 
 __all__ = ["run_superb", "register_upstreams", "hub_entries", "prepare_argv", "config_for_downstream", "LogSink",
            "TeeStream", "LOG_NAME"]
@@ -126,6 +128,20 @@ def _report_expdir(module, on_expdir: Callable[[Path], None]):
         module.get_downstream_args = original
 
 
+def adopted_checkpoint(argv: list[str]) -> Path | None:
+    """The checkpoint whose Args and Config s3prl will adopt: ``-e FILE`` (a directory was resolved to its
+    newest complete one), or with ``-a`` the newest ``states-N.ckpt`` of ``-p`` (s3prl's own pick)."""
+    opts = scan_options(argv)
+    if "past_exp" in opts:
+        path = Path(opts["past_exp"].value)
+        return path if path.is_file() else None  # a directory without states: s3prl stops on its own
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    if any(a in ("-a", "--auto_resume") for a in head) and "expdir" in opts and Path(opts["expdir"].value).is_dir():
+        states = states_by_step(Path(opts["expdir"].value))
+        return states[-1] if states else None
+    return None
+
+
 def exit_code(code) -> int:
     """The process exit status ``sys.exit(code)`` would give."""
     if code is None:
@@ -154,8 +170,12 @@ def run_superb(argv: list[str], upstreams: dict[str, Callable] | None = None) ->
         print(f"pruned-upstream superb: error: {exc}", file=sys.stderr)
         return 2
     try:
+        argv = resolve_past_exp(argv)
+        adopted = adopted_checkpoint(argv)
+        if adopted is not None:  # s3prl takes its Args and Config and eval()s some values: checked first
+            check_past_exp(adopted)
         argv = resolve_and_check(argv)
-    except PreflightError as exc:
+    except (PreflightError, PastExpError) as exc:
         print(f"pruned-upstream superb: {exc}", file=sys.stderr)
         return 2
     import s3prl.run_downstream as run_downstream
