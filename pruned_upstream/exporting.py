@@ -48,6 +48,7 @@ def export(student: WavLM) -> WavLM:
     channels = tuple(len(idx) for idx, _ in conv_keep) if conv_keep else arch.conv_channels
     new_arch = dataclasses.replace(arch, layers=tuple(layers), conv_channels=channels)
     compact = WavLM(new_arch).to(like.device)
+    compact.dropout_rates = dict(student.dropout_rates)  # the teacher's, recorded; inactive (model/dropout.py)
     _copy_front(student, compact, conv_keep)
     for plan, old, new in zip(plans, student.encoder.layers, compact.encoder.layers):
         _copy_layer(plan, old, new)

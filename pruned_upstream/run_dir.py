@@ -34,6 +34,7 @@ from .arch import WavLMArch
 from .checkpoints import ARCH_KEY, arch_from_metadata
 from .errors import CheckpointError
 from .gating import PruneConfig
+from .model.dropout import rates_from_metadata, rates_metadata
 from .model.prunable import make_prunable
 from .model.wavlm import WavLM
 from .run_files import (NOFOLLOW, append_to, make_dir, new_temp_file, open_run_file, read_run_file, refuse_link,
@@ -123,7 +124,7 @@ def _write_checkpoint(tmp: Path, step: int, student: torch.nn.Module, prune: dic
     make_dir(tmp.parent)
     tmp.mkdir()  # fails on anything already there, a planted link included: the files below are new
     weights = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    meta = {ARCH_KEY: student.arch.to_json(), STEP_KEY: str(step)}
+    meta = {ARCH_KEY: student.arch.to_json(), STEP_KEY: str(step), **rates_metadata(student)}  # rates: model/dropout.py
     if prune is not None:
         meta[PRUNE_KEY] = json.dumps(prune)
     save_file(weights, str(tmp / STUDENT_FILE), metadata=meta)
@@ -157,8 +158,9 @@ def clean_temp(run_dir) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def read_student_file(path) -> tuple[WavLMArch, dict | None, dict[str, torch.Tensor], int]:
-    """(arch, prune options or None, weights, step) of a checkpoint's student.safetensors.
+def read_student_file(path, extra: dict | None = None) -> tuple[WavLMArch, dict | None, dict[str, torch.Tensor], int]:
+    """(arch, prune options or None, weights, step) of a checkpoint's student.safetensors;
+    `extra`, when given, receives the recorded dropout rates ("dropout_rates", model/dropout.py).
 
     The weights' names and shapes are checked against the architecture and its gates on
     the header, before any is read; any failure to read the file is a CheckpointError."""
@@ -172,8 +174,14 @@ def read_student_file(path) -> tuple[WavLMArch, dict | None, dict[str, torch.Ten
             step = int(meta.get(STEP_KEY, -1))
         except ValueError:
             raise CheckpointError(path, f"{STEP_KEY} = {meta[STEP_KEY]!r} is not a step number") from None
+        try:
+            rates = rates_from_metadata(meta)
+        except ValueError as err:
+            raise CheckpointError(path, f"bad dropout metadata: {err}") from None
         checked_meta_model(lambda: _student(arch, prune), shapes, path, arch)
         found.update(arch=arch, prune=prune, step=step)
+        if extra is not None:
+            extra["dropout_rates"] = rates
 
     _, weights = read_safetensors(path, check)
     return found["arch"], found["prune"], weights, found["step"]
@@ -239,9 +247,12 @@ def resolve_checkpoint(path) -> Path:
 def load_student(path) -> WavLM:
     """A run directory (its newest checkpoint) or a checkpoint directory -> the student, eval mode."""
     file = resolve_checkpoint(path) / STUDENT_FILE
-    arch, prune, weights, _ = read_student_file(file)
-    return materialise(checked_meta_model(lambda: _student(arch, prune), weights_shapes(weights), file, arch),
-                       weights, file).eval()
+    extra: dict = {}
+    arch, prune, weights, _ = read_student_file(file, extra)
+    student = materialise(checked_meta_model(lambda: _student(arch, prune), weights_shapes(weights), file, arch),
+                          weights, file).eval()
+    student.dropout_rates = extra["dropout_rates"]  # the teacher's, recorded for the export; never active here
+    return student
 
 
 def weights_shapes(weights: dict) -> dict[str, tuple[int, ...]]:

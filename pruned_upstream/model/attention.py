@@ -109,6 +109,7 @@ class SelfAttention(nn.Module):
             self.relative_attention_bias = nn.Embedding(arch.num_buckets, arch.num_heads)
         # optional gates, attached by make_prunable
         self.gate_mha = self.gate_qk = self.gate_vo = None
+        self.attention_dropout = 0.0  # on the attention probabilities, train mode only (model/dropout.py)
         if not layer.attn:
             return
         dim, heads = arch.embed_dim, layer.heads
@@ -183,10 +184,10 @@ class SelfAttention(nn.Module):
         if self.qk_width > 0:
             q = self._split(q, self.qk_index, self.width, not self.pad_qk, h)  # (B, H, T, width)
             k = self._split(k, self.qk_index, self.width, not self.pad_qk, h)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling, dropout_p=self._p())
         else:  # no query/key dims left in any head: softmax of the bias alone
             scores = bias if bias is not None else x.new_zeros(1, 1, t, t)
-            o = torch.softmax(scores.expand(b, h, t, t), dim=-1) @ v
+            o = self._drop(torch.softmax(scores.expand(b, h, t, t), dim=-1)) @ v
         o = o.transpose(1, 2).reshape(b, t, h * self.width)  # (B, T, H * width)
         return o.index_select(2, self.vo_index) if self.pad_vo else o
 
@@ -220,12 +221,20 @@ class SelfAttention(nn.Module):
         v = y[-1]
         bias = self._bias(x, padding_mask, position_bias)
         if self.qk_width > 0:
-            o = F.scaled_dot_product_attention(y[0], y[1], v, attn_mask=bias, scale=self.scaling)
+            o = F.scaled_dot_product_attention(y[0], y[1], v, attn_mask=bias, scale=self.scaling, dropout_p=self._p())
         else:
             scores = bias if bias is not None else x.new_zeros(1, 1, t, t)
-            o = torch.softmax(scores.expand(b, h, t, t), dim=-1) @ v
+            o = self._drop(torch.softmax(scores.expand(b, h, t, t), dim=-1)) @ v
         o = o.transpose(1, 2).reshape(b, t, h * width)
         return self.out_proj(o.index_select(2, self.vo_index) if self.pad_vo else o)
+
+    def _p(self) -> float:
+        """The attention-probability dropout SDPA applies now: s3prl's attention_dropout, train mode only."""
+        return self.attention_dropout if self.training else 0.0
+
+    def _drop(self, probs):
+        p = self._p()
+        return F.dropout(probs, p, training=True) if p > 0 else probs
 
     @staticmethod
     def _split(y, index, width, uniform, heads):

@@ -241,6 +241,7 @@ class EncoderLayer(nn.Module):
         if layer.ffn or not self.pre_ln:
             self.final_layer_norm = nn.LayerNorm(dim)
         self.gate_ffn = self.gate_int = None
+        self.dropout = self.activation_dropout = 0.0  # train mode only (model/dropout.py)
 
     def feed_forward(self, x):
         if self.layer.ffn_dim == 0:  # no unit left: the block's output is its bias
@@ -249,22 +250,26 @@ class EncoderLayer(nn.Module):
             h = F.gelu(self.fc1(x))
             if self.gate_int is not None:
                 h = h * self.gate_int()
-            y = self.fc2(h)
-        return y * self.gate_ffn() if self.gate_ffn is not None else y
+            y = self.fc2(self._drop(h, self.activation_dropout))
+        return self._drop(y * self.gate_ffn() if self.gate_ffn is not None else y, self.dropout)
+
+    def _drop(self, x, p: float):
+        """s3prl's dropout1/2/3 of a layer: in train mode only (model/dropout.py)."""
+        return F.dropout(x, p, training=True) if self.training and p > 0 else x
 
     def forward(self, x, padding_mask=None, position_bias=None):
         """x (B, T, D) -> (B, T, D), and the shared position bias."""
         if self.pre_ln:
             if self.layer.attn:
                 a, position_bias = self.self_attn(self.self_attn_layer_norm(x), padding_mask, position_bias)
-                x = x + a
+                x = x + self._drop(a, self.dropout)
             else:
                 _, position_bias = self.self_attn(x, padding_mask, position_bias)
             if self.layer.ffn:
                 x = x + self.feed_forward(self.final_layer_norm(x))
             return x, position_bias
         a, position_bias = self.self_attn(x, padding_mask, position_bias)
-        x = self.self_attn_layer_norm(x + a if a is not None else x)
+        x = self.self_attn_layer_norm(x + self._drop(a, self.dropout) if a is not None else x)
         if self.layer.ffn:
             x = x + self.feed_forward(x)
         return self.final_layer_norm(x), position_bias
@@ -296,6 +301,7 @@ class Encoder(nn.Module):
         self.layer_norm = nn.LayerNorm(arch.embed_dim)
         self.layers = nn.ModuleList(EncoderLayer(arch, layer, i) for i, layer in enumerate(arch.layers))
         self.layer_drop: list[float] | None = None  # stochastic depth, training mode only (layer_drop_probs)
+        self.dropout = 0.0  # on the layers' input, training mode only (model/dropout.py)
 
     def forward(self, x, padding_mask=None):
         """x (B, T, D) -> hidden states: the input of every layer, then the output."""
@@ -304,6 +310,8 @@ class Encoder(nn.Module):
         x = x + self.pos_conv(x)
         if not self.pre_ln:
             x = self.layer_norm(x)
+        if self.training and self.dropout > 0:
+            x = F.dropout(x, self.dropout, training=True)
         states, position_bias = [], None
         key_mask = None if padding_mask is None else additive_padding_mask(padding_mask, x.dtype)  # once, not per layer
         skip = self._skipped_layers()

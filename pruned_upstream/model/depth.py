@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import re
 
+from .dropout import active_dropout, apply_dropout
 from .wavlm import WavLM
 
 STRATEGIES = ("top", "uniform", "importance")
@@ -130,6 +131,8 @@ def remove_layers(model: WavLM, drop: list[int]) -> WavLM:
     shallow = WavLM(arch)
     shallow.load_state_dict(_shallower_state(model.state_dict(), keep), strict=True)
     _copy_gates(model, shallow, keep)
+    shallow.dropout_rates, shallow.feature_grad_mult = dict(model.dropout_rates), model.feature_grad_mult
+    apply_dropout(shallow, active_dropout(model))  # the recorded and the active rates go with the layers
     like = model.mask_emb
     return shallow.to(device=like.device, dtype=like.dtype).train(model.training)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..arch import WavLMArch, dense_arch, preset
 from .components import Encoder, FeatureExtractor
+from .dropout import scale_gradient
 
 
 
@@ -50,6 +51,12 @@ class WavLM(nn.Module):
         # release's checkpoints load strictly and parameter counts match s3prl's.
         self.mask_emb = nn.Parameter(torch.zeros(arch.embed_dim))
         self.encoder = Encoder(arch)
+        # Fine-tuning semantics (model/dropout.py): the rates the file records (inactive until
+        # dropout.apply_dropout), the active input dropout, and the CNN's gradient factor
+        # (0: the CNN runs under no_grad, as in s3prl's experts; 1: trained, as in our pruning).
+        self.dropout_rates: dict[str, float] = {}
+        self.dropout_input = 0.0
+        self.feature_grad_mult = 1.0
 
     @classmethod
     def from_preset(cls, name: str) -> "WavLM":
@@ -84,7 +91,12 @@ class WavLM(nn.Module):
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         """wav (B, S) float 16 kHz, lengths (B,) valid samples -> hidden states, each (B, T', D)."""
         wav, sample_mask = self.prepare_wav(wav, lengths)
-        features = self.feature_extractor(wav).transpose(1, 2)  # (B, C, T') -> (B, T', C)
+        if self.feature_grad_mult == 0.0:  # s3prl's experts: no gradient reaches the CNN
+            with torch.no_grad():
+                features = self.feature_extractor(wav)
+        else:
+            features = scale_gradient(self.feature_extractor(wav), self.feature_grad_mult)
+        features = features.transpose(1, 2)  # (B, C, T') -> (B, T', C)
         features = self.layer_norm(features)
         padding_mask = None
         if sample_mask is not None and self.arch.family == "wav2vec2":  # s3prl's wav2vec2: the CNN's length formula
@@ -94,6 +106,8 @@ class WavLM(nn.Module):
             padding_mask = frame_padding_mask(sample_mask, features.shape[1])
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
+        if self.training and self.dropout_input > 0:
+            features = F.dropout(features, self.dropout_input, training=True)
         return self.encoder(features, padding_mask)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
