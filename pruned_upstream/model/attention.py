@@ -59,35 +59,16 @@ def additive_padding_mask(padding_mask: torch.Tensor, dtype: torch.dtype) -> tor
 
 
 def frozen(*tensors: torch.Tensor) -> bool:
-    """True when no gradient can flow into `tensors` here (evaluation, a frozen teacher, inference).
+    """True when no gradient can flow into `tensors` here (evaluation, a frozen teacher, inference):
+    the layers may then run their inference path (the same values, other kernels).
 
-    Under torch.compile always False: the compiler gets the layers as written (the
-    inference paths' caches would break its graph in every layer).
+    Under torch.compile always False: the compiler gets the layers as written.
+    Nothing derived from the weights is kept from one forward to the next (no
+    cache, so none that can be stale: docs/performance.md section 6.6).
     """
     if torch.compiler.is_compiling():
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-
-
-def cached(owner: nn.Module, name: str, sources: tuple, build):
-    """`build()`, computed once and reused while the tensors in `sources` stay the same.
-
-    For weights derived from parameters at inference (the positional convolution's
-    weight norm, the padded attention layout): the cache is rebuilt whenever a source
-    is replaced (load_state_dict(assign=True), meta-device loading), changed in place
-    (its version counter), moved or cast. It is never used while a gradient could
-    flow into the sources (`frozen`), and is built outside inference mode so that the
-    result is an ordinary tensor. It is a plain attribute: not in the state dict.
-    """
-    if any(t.is_inference() for t in sources) or any(t.is_meta for t in sources):
-        return build()
-    key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
-    entry = owner.__dict__.get(name)
-    if entry is None or entry[0] != key:
-        with torch.inference_mode(False), torch.no_grad():
-            entry = (key, build(), sources)  # the sources are held so that their ids stay theirs
-        owner.__dict__[name] = entry
-    return entry[1]
 
 
 def _pad_index(sizes: list[int], width: int) -> torch.Tensor:
@@ -211,7 +192,7 @@ class SelfAttention(nn.Module):
         """out_proj(_heads_output(...)) without gates or gradients: one projection for q, k and v."""
         b, t, _ = x.shape
         h, width = len(self.layer.heads), self.width
-        weight, bias_in, index, parts = cached(self, "_fused", self._projections(), self._fused_weights)
+        weight, bias_in, index, parts = self._fused_weights()  # each forward: never stale (performance.md 6.6)
         y = F.linear(x, weight, bias_in)
         if index is not None:  # scatter into the zero-padded layout
             padded = y.new_zeros(b, t, parts * h * width)

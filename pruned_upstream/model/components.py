@@ -13,7 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import LayerArch, WavLMArch
-from .attention import SelfAttention, additive_padding_mask, cached, frozen, linear
+from .attention import SelfAttention, additive_padding_mask, frozen, linear
+
+
+def _group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm in at least float32 (fairseq's Fp32GroupNorm for bf16/fp16, float64 kept),
+    weights cast alike, result in x's dtype: a float32 input with a bf16 or float64 model
+    was torch's "mixed dtype (CPU)" error."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    weight, bias = (None if t is None else t.to(dtype) for t in (norm.weight, norm.bias))
+    return F.group_norm(x.to(dtype), norm.num_groups, weight, bias, norm.eps).to(x.dtype)
 
 
 class TransposeLast(nn.Module):
@@ -52,16 +61,17 @@ class ConvBlock(nn.Module):
         x = getattr(self, "0")(x)
         if self.has_norm:
             norm = getattr(self, "2")
-            x = norm(x.float()).type_as(x) if isinstance(norm, nn.GroupNorm) else norm(x)
+            x = _group_norm(norm, x) if isinstance(norm, nn.GroupNorm) else norm(x)
         return x
 
     def _normalised_by_stats(self, x) -> bool:
         """The first layer of WavLM Base's CNN (one input channel, a GroupNorm per channel), at
-        inference in float32: its conv and norm become one matmul (`_conv_norm_from_stats`)."""
+        inference, in any floating dtype outside autocast: its conv and norm become one matmul
+        (`_conv_norm_from_stats`)."""
         conv, norm = getattr(self, "0"), getattr(self, "2", None)
         return (
             conv.in_channels == 1 and isinstance(norm, nn.GroupNorm) and norm.num_groups == conv.out_channels
-            and norm.affine and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+            and norm.affine and x.is_floating_point() and not torch.is_autocast_enabled(x.device.type)
             and frozen(*self.parameters())
         )
 
@@ -76,7 +86,8 @@ class ConvBlock(nn.Module):
         + beta_c - s_c w_c.mean(f): one (C, K) x (K, T') matmul per utterance instead of
         a conv and a norm over the (C, T') output, which ran at 3 GMACs/s and took
         90 ms for 10 s of audio on one CPU thread (docs/performance.md section 6).
-        Statistics in float64; the values equal the conv + GroupNorm's to float32 rounding.
+        Statistics in float64; the values equal the conv + GroupNorm's to the rounding of
+        x's dtype (weight and shift are returned in it).
         """
         conv, norm = getattr(self, "0"), getattr(self, "2")
         frames = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0])  # (B, T', K)
@@ -87,7 +98,7 @@ class ConvBlock(nn.Module):
         var = torch.einsum("ck,bkl,cl->bc", w, cov, w)  # (B, C)
         scale = norm.weight.double() / torch.sqrt(var + norm.eps)  # (B, C)
         shift = norm.bias.double() - scale * (mean @ w.T)  # the conv's bias cancels in y - mean(y)
-        return (scale[:, :, None] * w).float(), shift.float()[:, :, None], frames
+        return (scale[:, :, None] * w).to(x.dtype), shift.to(x.dtype)[:, :, None], frames
 
     def _conv_norm_from_stats(self, x):
         weight, shift, frames = self.normalised_frames(x)
@@ -192,14 +203,11 @@ class WeightNormConv1d(nn.Module):
     def weight(self) -> torch.Tensor:
         """g * v / ||v|| (torch's own weight-norm kernel, as torch.nn.utils.weight_norm runs it).
 
-        Without a gradient to carry (inference, a frozen teacher) it is computed once and
-        kept until weight_g or weight_v change (`attention.cached`): recomputing it took
-        36-42 ms per forward on one CPU thread (docs/performance.md section 6).
+        Computed in every forward, never kept: 2-3 ms for Base on one CPU thread, and a
+        kept copy could go stale under `.data` writes or fused optimizer steps, which
+        torch does not count (docs/performance.md section 6.6).
         """
-        v, g = self.weight_v, self.weight_g
-        if frozen(v, g):
-            return cached(self, "_folded_weight", (v, g), lambda: torch._weight_norm(v, g, 2))
-        return torch._weight_norm(v, g, 2)
+        return torch._weight_norm(self.weight_v, self.weight_g, 2)
 
     def forward(self, x):  # (B, D, T) -> (B, D, T + 1 - kernel % 2)
         return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)

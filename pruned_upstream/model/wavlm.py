@@ -82,11 +82,13 @@ class WavLM(nn.Module):
         padded = bool(sample_mask.any())
         if padded:
             wav = wav.masked_fill(sample_mask, 0.0)
-        if self.arch.normalize:
+        if self.arch.normalize:  # in float32 at least, whatever the model's dtype
+            wav = wav.to(torch.promote_types(wav.dtype, torch.float32))
             wav = torch.stack(
                 [F.pad(F.layer_norm(w[:n], (int(n),)), (0, wav.shape[1] - int(n))) for w, n in zip(wav, lengths)]
             )
-        return wav, (sample_mask if padded else None)
+        # in the model's dtype: s3prl hands float32 audio to a model that may be float64, bf16 or fp16
+        return wav.to(self.layer_norm.weight.dtype), (sample_mask if padded else None)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         """wav (B, S) float 16 kHz, lengths (B,) valid samples -> hidden states, each (B, T', D)."""
