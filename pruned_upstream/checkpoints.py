@@ -3,9 +3,8 @@
     model = load_model(path)        # a WavLM in eval mode
     save_model(model, "model.safetensors")
 
-Nothing here executes code from a file: pickles are read with
-`torch.load(weights_only=True)` (fairseq's with fairseq_pickle's restricted
-unpickler); the configurations and key names of each family are families.py; our own format is safetensors, the
+Nothing here executes code from a file: torch pickles (every `.pt`, fairseq's
+included) are read by our own reader (torch_files.py), never by torch.load; the configurations and key names of each family are families.py; our own format is safetensors, the
 architecture stored as JSON in its metadata. Loading is strict: a missing or an
 unexpected key is an error that names it. Nothing is allocated for what a file
 declares before it matches what the file stores (safe_load.py); every failure to
@@ -15,15 +14,12 @@ read a file is a `CheckpointError`.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 from .arch import WavLMArch
-from .fairseq_pickle import load_fairseq_checkpoint
-from .families import HF_FAMILIES, arch_from_hf_config, hf_backbone, hf_dropout, read_release, release_dropout
+from .families import HF_FAMILIES, arch_from_hf_config, hf_backbone, read_release
 from .families import arch_from_release_cfg, hf_to_release_key  # noqa: F401  (public here since before families.py)
 from .model.depth import drop_layers as drop_model_layers
-from .model.dropout import rates_from_metadata, rates_metadata
 from .errors import CheckpointError
 from .model.wavlm import WavLM
 from .safe_load import check_torch_file, checked_meta_model, materialise, read_safetensors, torch_load
@@ -65,17 +61,15 @@ def read_arch(path) -> WavLMArch:
 def _load(path: Path) -> WavLM:
     if path.is_dir():
         _check_hf_counts(path)
-        arch, state, rates = _read_hf_dir(path)
+        arch, state = _read_hf_dir(path)
     elif _is_safetensors(path):
-        arch, state, rates = _read_ours(path)
+        arch, state = _read_ours(path)
     else:
         check_torch_file(path)  # before any reader (a fallback reader included) opens it
-        arch, state, rates = _read_original(path)
+        arch, state = _read_original(path)
     if not isinstance(state, dict):
         raise CheckpointError(path, f"its weights are a {type(state).__name__}, not a mapping of names to tensors")
-    model = build_strict(arch, state, path)
-    model.dropout_rates = rates  # recorded, not active: s3prl's upstream applies them (model/dropout.py)
-    return model
+    return build_strict(arch, state, path)
 
 
 def _one_door(path: Path, read):
@@ -103,7 +97,7 @@ def save_model(model: WavLM, path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={ARCH_KEY: model.arch.to_json(), **rates_metadata(model)})
+    save_file(state, str(tmp), metadata={ARCH_KEY: model.arch.to_json()})
     tmp.replace(path)  # a crash never leaves a half-written model
 
 
@@ -147,14 +141,10 @@ def _read_ours(path: Path):
 
     def check(meta: dict, shapes: dict) -> None:  # on the header, before any tensor is read
         found["arch"] = arch = arch_from_metadata(meta, path)
-        try:
-            found["rates"] = rates_from_metadata(meta)
-        except ValueError as err:
-            raise CheckpointError(path, f"bad dropout metadata: {err}") from None
         checked_meta_model(lambda: WavLM(arch), shapes, path, arch)
 
     _, state = read_safetensors(path, check)
-    return found["arch"], state, found["rates"]
+    return found["arch"], state
 
 
 def arch_from_metadata(meta: dict, path) -> WavLMArch:
@@ -171,32 +161,24 @@ def arch_from_metadata(meta: dict, path) -> WavLMArch:
 
 # ---------------------------------------------------------------------------- pickles
 def _torch_load(path: Path):
-    """torch.load with weights_only=True; every failure a CheckpointError, nothing executed (safe_load.py).
+    """Our own reader (torch_files.py); every failure a CheckpointError, nothing executed.
     Memory-mapped: what it returns goes to build_strict, which copies the weights it keeps."""
     return torch_load(path, mmap=True)
 
 
 def _read_original(path: Path):
-    """A `.pt` of any family: WavLM's release, fairseq's HuBERT / wav2vec 2.0, s3prl's converted ones."""
+    """A `.pt` of any family: WavLM's release, fairseq's HuBERT / wav2vec 2.0, s3prl's converted ones.
+    One reader for all (torch_files.py): fairseq's omegaconf / argparse / Dictionary objects become
+    plain data, anything else a file names is refused; torch.load is never called."""
+    ckpt = _torch_load(path)
     try:
-        ckpt = _torch_load(path)
-    except CheckpointError as err:
-        # fairseq's releases pickle omegaconf / argparse containers, which weights_only refuses:
-        # our restricted unpickler reads those as plain data and refuses everything else
-        try:
-            ckpt = load_fairseq_checkpoint(path)
-        except pickle.UnpicklingError as refused:
-            raise CheckpointError(path, f"{refused}. {str(err)[len(str(path)) + 2:]}") from None
-        except Exception:  # not readable either way (truncated, corrupt): the first error says why
-            raise err from None
-    try:
-        return (*read_release(ckpt), release_dropout(ckpt))
+        return read_release(ckpt)
     except ValueError as err:
         raise CheckpointError(path, str(err)) from None
 
 
 # ---------------------------------------------------------------------------- Hugging Face
-def _hf_arch(path: Path, with_rates: bool = False):
+def _hf_arch(path: Path) -> WavLMArch:
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(path, "a directory without config.json (expected a Hugging Face WavLM, HuBERT or "
@@ -213,14 +195,13 @@ def _hf_arch(path: Path, with_rates: bool = False):
         normalize = bool(json.loads(prep.read_text()).get("do_normalize", False))
     try:
         arch = arch_from_hf_config(config, normalize)
-        rates = hf_dropout(config)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(config_file, f"unsupported configuration: {err}") from None
-    return (arch, rates) if with_rates else arch
+    return arch
 
 
 def _read_hf_dir(path: Path):
-    arch, rates = _hf_arch(path, with_rates=True)
+    arch = _hf_arch(path)
     if (path / "model.safetensors").exists():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -233,4 +214,4 @@ def _read_hf_dir(path: Path):
         state = _torch_load(path / "pytorch_model.bin")
     else:
         raise CheckpointError(path, "no model.safetensors or pytorch_model.bin in the directory")
-    return arch, hf_backbone(state, arch), rates
+    return arch, hf_backbone(state, arch)

@@ -15,8 +15,6 @@ naming the file and the problem.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -27,6 +25,8 @@ from torch.overrides import TorchFunctionMode
 
 from .arch import WavLMArch
 from .errors import CheckpointError
+from .small_files import open_regular
+from .torch_files import is_tar_header, read_torch_file
 
 # Constructors that allocate what their arguments declare go to the meta device;
 # tensors built from data (torch.tensor: index buffers computed in __init__) stay
@@ -142,61 +142,35 @@ def read_safetensors(path, check: Callable[[dict, dict], None] | None = None) ->
 
 # ---------------------------------------------------------------------------- torch pickles
 def torch_load(path: Path, mmap: bool = False):
-    """torch.load(weights_only=True): nothing a file names is executed, every failure is a
-    CheckpointError, and a zip whose records declare more bytes than the file holds is refused.
-    `mmap`: tensors are views of the file (zip format only), for callers that copy them (materialise)."""
+    """A torch checkpoint read as data by our own reader (torch_files.py; torch.load is never
+    called): nothing a file names is executed, nothing is written, no global state changes, and
+    every failure is a CheckpointError. `mmap`: tensors are views of a private mapping of the
+    file, for callers that copy them (materialise); otherwise they own their memory."""
     path = Path(path)
     try:
-        zipped = check_torch_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+        return read_torch_file(path, mmap=mmap)
     except CheckpointError:
         raise
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "Unsupported global" not in text and "GLOBAL" not in text:
-            raise CheckpointError(path, f"unreadable checkpoint (truncated or corrupt?): {_first_line(text)}") from None
-        raise CheckpointError(
-            path,
-            "refused: loading it would run code the file names (weights_only=True refused it: "
-            f"{_first_line(text)}). If you trust the file, convert it once in a trusted session: "
-            "ck = torch.load(path, weights_only=False); "
-            "torch.save({'cfg': dict(ck['cfg']), 'model': ck['model']}, 'converted.pt')",
-        ) from None
-    except Exception as err:  # RuntimeError, EOFError, IndexError ('pop from empty list'), ...
+    except MemoryError:
+        raise CheckpointError(path, "reading it ran out of memory") from None
+    except Exception as err:  # RuntimeError of a tensor view, ValueError, ...: a corrupt file
         raise CheckpointError(path, f"unreadable checkpoint (truncated or corrupt?): "
-                                    f"{type(err).__name__}: {_first_line(str(err))}") from None
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    detail = next((line for line in lines if "Unsupported" in line or "error" in line.lower()), lines[0] if lines else "")
-    return detail.strip()[:200]
+                                    f"{type(err).__name__}: {str(err)[:200]}") from None
 
 
 def check_torch_file(path: Path) -> bool:
-    """Before any unpickler opens it: torch's zip format (its records no larger than the file)
-    or a legacy pickle; anything else is an unknown format."""
+    """Before any reader opens it: torch's zip format (True) or a legacy pickle (False) that is
+    not also a tar archive; anything else is an unknown format. The zip's records are checked by
+    the reader (torch_files.py) before anything is unpickled."""
     try:
-        with open(path, "rb") as f:
-            first = f.read(4)
-    except OSError as err:
-        raise CheckpointError(path, f"cannot be read: {err.strerror or err}") from None
-    if first == b"PK\x03\x04":
-        _check_zip(path)
+        with open_regular(path) as f:
+            head = f.read(512)
+    except CheckpointError:
+        raise
+    if head[:4] == b"PK\x03\x04":
         return True
-    if not first.startswith(b"\x80"):
+    if not head.startswith(b"\x80"):
         raise CheckpointError(path, "unknown format (neither a torch checkpoint, safetensors, nor a directory)")
+    if is_tar_header(head):
+        raise CheckpointError(path, "a tar archive (torch's pre-1.0 format, extracted with tarfile by torch.load): refused")
     return False
-
-
-def _check_zip(path: Path) -> None:
-    """torch writes its records uncompressed: declared sizes beyond the file's are a zip bomb."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            declared = sum(info.file_size for info in z.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
-        raise CheckpointError(path, f"unreadable checkpoint (truncated or corrupt zip?): {str(err)[:200]}") from None
-    size = path.stat().st_size
-    if declared > size:
-        raise CheckpointError(path, f"its zip records declare {declared:,} bytes in a file of {size:,} bytes "
-                                    "(compressed records: torch writes none); refused")

@@ -29,7 +29,7 @@ LAYERS = (
     ("superb score (torch-free)", 0, ("superb",)),
     ("s3prl task facts (torch-free)", 0, ("s3prl_plugin.tasks", "s3prl_plugin.preflight", "s3prl_plugin.override_quoting")),
     ("model", 1, ("model",)),
-    ("file formats", 2, ("checkpoints", "safe_load", "families", "fairseq_pickle", "exporting", "run_dir", "macs", "s3prl_plugin.expert",
+    ("file formats", 2, ("checkpoints", "safe_load", "families", "fairseq_pickle", "pickle_reader", "torch_files", "exporting", "run_dir", "macs", "s3prl_plugin.expert",
                          "s3prl_plugin.hubconf", "__init__")),
     ("measurements and data", 3, ("speed", "synthetic_pruning", "model_report", "analysis", "data",
                                   "superb_data", "s3prl_plugin")),
@@ -39,12 +39,12 @@ LAYERS = (
 )
 # What the s3prl upstream may reach (transitively): a SUPERB user needs the model and its file.
 UPSTREAM_REACH = ("s3prl_plugin.expert", "s3prl_plugin.hubconf", "model", "arch", "gating", "checkpoints", "families",
-                  "fairseq_pickle", "safe_load", "errors", "small_files", "__init__")
+                  "fairseq_pickle", "pickle_reader", "torch_files", "safe_load", "errors", "small_files", "__init__")
 # What file formats may reach: never the trainer, the CLI, the analysis, the demo or the data pipeline.
 FORMATS = ("checkpoints", "exporting", "run_dir")
-FORMATS_REACH = FORMATS + ("model", "arch", "gating", "families", "fairseq_pickle", "safe_load", "errors", "__init__",
+FORMATS_REACH = FORMATS + ("model", "arch", "gating", "families", "fairseq_pickle", "pickle_reader", "torch_files", "small_files", "safe_load", "errors", "__init__",
                            "run_files")
-TORCH_FREE = ("arch", "errors", "small_files", "run_files", "gating", "config", "config_files", "shipped", "superb", "s3prl_plugin.tasks", "s3prl_plugin.preflight",
+TORCH_FREE = ("arch", "errors", "small_files", "pickle_reader", "fairseq_pickle", "run_files", "gating", "config", "config_files", "shipped", "superb", "s3prl_plugin.tasks", "s3prl_plugin.preflight",
               "s3prl_plugin.override_quoting", "macs")
 # Citations of files that only exist outside the repository.
 OUTSIDE = re.compile(

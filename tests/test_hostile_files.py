@@ -198,7 +198,7 @@ def test_zip_records_declaring_more_than_the_file_holds_are_refused(tmp_path):
         for info in plain.infolist():
             packed.writestr(info.filename, plain.read(info))
     assert (tmp_path / "deflated.pt").stat().st_size < 1_000_000
-    with pytest.raises(CheckpointError, match=r"zip records declare 16,0\d\d,\d+ bytes in a file of"):
+    with pytest.raises(CheckpointError, match=r"deflated\.pt: zip member archive/data\.pkl is compressed \(torch writes none\)"):
         load_model(tmp_path / "deflated.pt")
 
 
