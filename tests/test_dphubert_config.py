@@ -19,6 +19,8 @@ import torch
 
 from training_fixtures import tiny, write_manifest
 
+from pruned_upstream.checkpoints import load_model
+from pruned_upstream.commands.export import export_command
 from pruned_upstream.config_files import load_config
 from pruned_upstream.exporting import export
 from pruned_upstream.model.prunable import (
@@ -114,18 +116,22 @@ def test_short_run_exports_the_target_size(manifest, tmp_path):
     cfg_overrides = ["teacher.checkpoint=null", "teacher.preset=tiny", "distill.teacher_layers=1,2",
                      "distill.student_layers=1,2", "data.min_samples=1000", "data.max_samples=11000",
                      "data.num_workers=0", "train.batch_size=null", "train.max_batch_samples=40000",
-                     f"prune.target_params={target}", "train.steps=250", "train.lr_log_alpha=0.1",
-                     "train.lr_lambdas=0.05", "train.warmup=0.1", "train.sparsity_warmup=0.2",
+                     f"prune.target_params={target}", "train.steps=300", "train.lr_log_alpha=0.2",
+                     "train.lr_lambdas=0.1", "train.warmup=0.05", "train.sparsity_warmup=0.15",
                      "train.save_every=1000", "train.log_every=10"]
     run_prune("hubert_base_dphubert", tiny(manifest, *cfg_overrides), out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target_params"] == target
+    # every group's rate decays to 0 at the end (DPHuBERT's schedule): the gates stop where the last
+    # steps leave them; measured 18,629 for 18,966 (1.8 % over the target's sparsity)
     assert abs(summary["whole_model_params"] - target) / target < 0.05
+    assert export_command(str(out), str(tmp_path / "pruned.safetensors")) == 0  # the file a user gets
+    assert whole_model_params(load_model(tmp_path / "pruned.safetensors")) == summary["whole_model_params"]
 
 
 # ---------------------------------------------------------------------------- 2. one schedule for all groups
 def test_all_three_groups_follow_one_warmup_and_decay(manifest, tmp_path):
-    cfg = tiny_dphubert(manifest, "prune.target_params=300000", "train.steps=10", "train.warmup=0.3")
+    cfg = tiny_dphubert(manifest, "prune.target_params=20000", "train.steps=10", "train.warmup=0.3")
     assert cfg.train.scheduled_groups == ["weights", "log_alpha", "lambdas"]
     trainer = Trainer(cfg, tmp_path, DistEnv())
     names = [group["name"] for group in trainer.optimizer.param_groups]
@@ -194,7 +200,7 @@ def test_distillation_loss_is_a_mean_over_layers():
     loss, pairs = distiller(student, teacher)
     assert pairs == [4, 8, 12]
     per_layer = [l1_cos_loss(student[k], teacher[k]) for k in (4, 8, 12)]  # maps start as the identity
-    assert float(loss) == pytest.approx(float(sum(per_layer) / 3), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(sum(per_layer) / 3), rel=1e-6)
     summed, _ = Distiller(load_config("wavlm_base_sp80").distill, 12, 12, dim=16)(student, teacher)
     assert load_config("wavlm_base_sp80").distill.layer_reduce == "sum"
-    assert float(summed) > float(loss)  # the recipe's sum over its 4 pairs, not an average
+    assert float(summed.detach()) > float(loss.detach())  # the recipe's sum over its 4 pairs, not an average

@@ -31,11 +31,11 @@ from ..run_files import RunLinkError
 from ..config import Config
 from ..exporting import export
 from ..model.prunable import (expected_sparsity, kept_prunable, log_alpha_parameters, realised_sparsity,
-                              total_prunable, weight_parameters)
+                              total_prunable, weight_parameters, whole_model_params)
 from ..model.wavlm import WavLM
 from .distill import Distiller
 from .distributed import DistEnv, micro_seed, pick_device
-from .models import DistillStudent, block_gates, build_student, build_teacher
+from .models import DistillStudent, block_gates, build_student, build_teacher, final_target_sparsity
 from .sparsity import Lagrangian, make_optimizers, make_scheduler, target_sparsity
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_data(cfg: Config, run_dir: Path, env: DistEnv):
-    from ..data.dataset import AudioDataset, collate
+    from ..data.dataset import AudioDataset, CropToShortest, Keyed, collate
     from ..data.sampler import LengthBucketSampler
 
     source = cfg.data.source
@@ -58,7 +58,7 @@ def build_data(cfg: Config, run_dir: Path, env: DistEnv):
     if source == "demo":
         source = _demo_manifest(run_dir / "corpus", env)
     dataset = AudioDataset(source, cfg.data.crop, cfg.data.min_samples, seed=cfg.train.seed, scan=cfg.data.scan,
-                           bad_log=run_dir / BAD_AUDIO_LOG)
+                           bad_log=run_dir / BAD_AUDIO_LOG, max_samples=cfg.data.max_samples)
     if env.main:  # the run's log says at start what data it trains on (docs/data.md, "Skip policy")
         log.info("%s: %s", source, dataset.summary())
     sampler = LengthBucketSampler(dataset.lengths, cfg.train.batch_size, cfg.train.max_batch_samples,
@@ -68,7 +68,10 @@ def build_data(cfg: Config, run_dir: Path, env: DistEnv):
         raise ValueError(f"{len(dataset)} usable files give no batch to each of {env.world} processes")
     # pinned host memory lets the copy to the GPU overlap the step (wav.to(device, non_blocking=True))
     pin = cfg.run.device != "cpu" and torch.cuda.is_available()
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+    # data.collate=shortest: DPHuBERT's batches, every item cropped to the batch's shortest (data/dataset.py)
+    items, collate_fn = (Keyed(dataset), CropToShortest(cfg.train.seed)) if cfg.data.collate == "shortest" else \
+        (dataset, collate)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=collate_fn,
                                          num_workers=cfg.data.num_workers, pin_memory=pin)
     return dataset, sampler, loader
 
@@ -108,6 +111,7 @@ class Trainer:
                                          t.lr, t.lr_log_alpha, t.lr_lambdas, t.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, t.steps, round(t.warmup * t.steps), tuple(t.scheduled_groups))
         self.sparsity_warmup = round(t.sparsity_warmup * t.steps)
+        self.final_sparsity = final_target_sparsity(cfg, student)  # train.target_sparsity or from prune.target_params
         self.dataset, self.sampler, self.loader = data or build_data(cfg, self.run_dir, env)
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.last: dict = {}
@@ -135,7 +139,7 @@ class Trainer:
     def train_step(self, micro_batches) -> dict:
         """One optimizer step over micro-batches [(wav (B, S), lengths (B,)), ...]."""
         t, n = self.cfg.train, len(micro_batches)
-        p = target_sparsity(self.step, t.target_sparsity, self.sparsity_warmup)
+        p = target_sparsity(self.step, self.final_sparsity or 0.0, self.sparsity_warmup)
         self.optimizer.zero_grad(set_to_none=True)
         distill_sum = lagrangian_sum = 0.0
         for m, (wav, lengths) in enumerate(micro_batches):
@@ -259,7 +263,9 @@ class Trainer:
         compact = export(student)
         kept = float(kept_prunable(student, "deterministic"))
         total = total_prunable(student) if prune else total_prunable(self.teacher)
-        return {"steps": self.step, "target_sparsity": self.cfg.train.target_sparsity if prune else None,
+        return {"steps": self.step, "target_sparsity": self.final_sparsity,
+                "target_params": self.cfg.prune.target_params if prune else None,
+                "whole_model_params": whole_model_params(compact),  # DPHuBERT's count (model/prunable.py)
                 "sparsity": 1.0 - kept / total, "expected_sparsity": float(expected_sparsity(student).detach()) if prune else None,
                 "params": compact.num_params(), "teacher_params": self.teacher.num_params(),
                 "prunable_params": {"kept": kept, "total": total}, "distill_loss": self.last.get("distill_loss"),
