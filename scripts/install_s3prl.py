@@ -10,7 +10,16 @@ has them (docs/environment.md). In order:
 2. `S3PRL_SRC` names a directory (a clone) or a `.tar.gz` of the tree: it is
    unpacked into VENV/src/ if needed and installed with `pip install -e --no-deps`;
 3. otherwise s3prl's repository is cloned at the pinned commit into VENV/src/;
-4. when neither works, one line says so and the PyPI sdist stays (KS and IC only).
+4. when neither works, one line says so and the PyPI sdist stays (the line names the tasks that run
+   on it: KS, IC and QbE, and SID with data that brings its own split list, as the demo's).
+
+Before and after, leftovers of older SUPERB runs are removed where Python looks for `s3prl` (every
+sys.path entry): until the runner moved s3prl's dataset caches into the experiment directories
+(pruned_upstream/s3prl_plugin/caches.py), SID and ASV wrote `downstream/voxceleb1/.cache/` and
+`downstream/sv_voxceleb1/.wav_lengths/` into s3prl's package. pip does not remove them when it
+uninstalls the PyPI copy, and the directory left (no `__init__.py`) is a namespace package that
+shadows the editable install of the source tree. A leftover holding anything else is not touched:
+the script stops with the `rm -rf` command to run.
 
 `DSCORE_ROOT` (a dscore clone or a `.tar.gz` of it, the DER scorer of s3prl's
 diarization recipe) is unpacked into VENV/src/ the same way when it is an archive.
@@ -21,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -31,6 +42,8 @@ S3PRL_REPO = "https://github.com/s3prl/s3prl"
 # Files of the source tree that the sdist lacks: their presence marks a source tree.
 SOURCE_MARKERS = ("downstream/ctc/corpus/librispeech.py", "preprocess/generate_len_for_bucket.py",
                   "downstream/asr/char.dict")
+# What SUPERB runs of older versions wrote inside s3prl's package (docs/tasks/caches.md).
+LEFTOVERS = ("downstream/voxceleb1/.cache", "downstream/sv_voxceleb1/.wav_lengths")
 HOW = ("set S3PRL_SRC to a clone of https://github.com/s3prl/s3prl at commit ec8064b5 (0.4.18) "
        "or to a .tar.gz of that tree, then run `make install` again")
 
@@ -41,6 +54,81 @@ def package_dir(python: str) -> Path | None:
             "print(list(s.submodule_search_locations)[0] if s and s.submodule_search_locations else '')")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.strip()
     return Path(out) if out else None
+
+
+def search_path(python: str) -> list[Path]:
+    """The directories `python` searches for top-level packages (its sys.path, without the current directory)."""
+    code = "import sys; print('\\n'.join(p for p in sys.path if p))"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd="/").stdout
+    return [Path(line) for line in out.splitlines() if line and Path(line).is_dir()]
+
+
+def _is_leftover(path: Path, pkg: Path) -> bool:
+    rel = path.relative_to(pkg)
+    return "__pycache__" in rel.parts or any(rel.is_relative_to(d) for d in LEFTOVERS)
+
+
+def clear_leftovers(python: str) -> list[Path]:
+    """Remove what older SUPERB runs left in s3prl packages on `python`'s path; returns what was removed.
+
+    An `s3prl/` with `__init__.py` (an installed copy): its cache directories. One without (what pip
+    leaves when it uninstalls a copy whose caches were written into it): the whole directory, when all
+    it holds is such caches and `__pycache__`; otherwise SystemExit with the command to remove it.
+    """
+    removed = []
+    for entry in search_path(python):
+        pkg = entry / "s3prl"
+        if not pkg.is_dir() or pkg.is_symlink():
+            continue
+        if (pkg / "__init__.py").exists():
+            for rel in LEFTOVERS:
+                if (pkg / rel).is_dir() and not (pkg / rel).is_symlink():
+                    shutil.rmtree(pkg / rel)
+                    removed.append(pkg / rel)
+            continue
+        files = [p for p in pkg.rglob("*") if not p.is_dir() or p.is_symlink()]
+        foreign = [p for p in files if not _is_leftover(p, pkg)]
+        if foreign:
+            raise SystemExit(f"install_s3prl: {pkg} has no __init__.py (what pip leaves of an uninstalled s3prl) and "
+                             f"holds {foreign[0].relative_to(pkg)}: it would shadow the installed s3prl; remove it "
+                             f"with `rm -rf {shlex.quote(str(pkg))}`, then run `{shlex.quote(python)} "
+                             f"scripts/install_s3prl.py --venv {shlex.quote(str(Path(python).parent.parent))}`")
+        shutil.rmtree(pkg)
+        removed.append(pkg)
+    for path in removed:
+        print(f"install_s3prl: removed {path} (s3prl caches of an older SUPERB run; they now live in the "
+              f"experiment directories)")
+    return removed
+
+
+RUNNABLE = """import sys
+from pathlib import Path
+from pruned_upstream.s3prl_plugin import preflight as pf
+from pruned_upstream.s3prl_plugin.tasks import TASKS
+root, full, own = Path(sys.argv[1]), [], []
+for key, spec in TASKS.items():
+    missing = {f for f in (*spec.s3prl_files, *spec.tool_files) if not (root / f).exists()}
+    if not missing:
+        full.append(key)
+    elif missing <= pf.replaced_files(key, root, {}):
+        own.append(key)
+print(" ".join(full)); print(" ".join(own))
+"""
+
+
+def runnable_tasks(python: str, pkg: Path | None) -> str:
+    """What runs on the s3prl at `pkg` (our task table's file lists), in words."""
+    if pkg is None:
+        return "no s3prl is installed"
+    proc = subprocess.run([python, "-c", RUNNABLE, str(pkg)], capture_output=True, text=True)
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(lines) != 2:
+        return "see docs/environment.md for the tasks that run on it"
+    full, own = lines
+    text = f"{', '.join(full.split()) or 'no task'} run on it"
+    if own:
+        text += f"; {', '.join(own.split())} only with data that brings its own copy of the missing s3prl files"
+    return text + "; the other tasks need s3prl's source tree"
 
 
 def missing_markers(pkg: Path | None) -> list[str]:
@@ -98,6 +186,7 @@ def main() -> int:
     python, src = str(venv / "bin" / "python"), venv / "src"
     if os.environ.get("DSCORE_ROOT", "").endswith((".tar.gz", ".tgz")):
         tree_from(os.environ["DSCORE_ROOT"], src)  # the venv's copy: what tests and the demo fall back to
+    clear_leftovers(python)
     current = package_dir(python)
     if os.environ.get("S3PRL_SRC"):
         tree = tree_from(os.environ["S3PRL_SRC"], src)
@@ -108,7 +197,7 @@ def main() -> int:
     else:
         tree = clone(src)
         if tree is None:
-            what = "error" if args.require else "keeping the PyPI sdist, on which only KS and IC run"
+            what = "error" if args.require else f"keeping the PyPI sdist ({runnable_tasks(python, current)})"
             print(f"install_s3prl: {what}: s3prl's source tree is not available (no S3PRL_SRC, and {S3PRL_REPO} "
                   f"could not be cloned); {HOW}", file=sys.stderr)
             return 1 if args.require else 0
@@ -116,10 +205,13 @@ def main() -> int:
         raise SystemExit(f"install_s3prl: {tree} has no s3prl/ package directory: not an s3prl source tree")
     subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "-e",
                     str(tree)], check=True, stdin=subprocess.DEVNULL)
+    clear_leftovers(python)  # what pip left of the copy it uninstalled
     pkg = package_dir(python)
     if not is_source_tree(pkg):
         raise SystemExit(f"install_s3prl: after installing {tree}, Python imports s3prl from {pkg}, "
-                         f"which lacks {', '.join(missing_markers(pkg))}")
+                         f"which lacks {', '.join(missing_markers(pkg))}; if that is what remains of an uninstalled "
+                         f"copy, remove it (`rm -rf {shlex.quote(str(pkg))}`) and run "
+                         f"`{shlex.quote(python)} scripts/install_s3prl.py --venv {shlex.quote(str(venv))}`")
     print(f"install_s3prl: s3prl from the source tree {tree}")
     return 0
 

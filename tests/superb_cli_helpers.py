@@ -55,11 +55,9 @@ def train_argv(downstream: str, ckpt: Path, expdir: Path, override: str) -> list
     return ["-m", "train", "-u", UPSTREAM, "-k", ckpt, "-d", downstream, "-p", expdir, "-o", override]
 
 
-def isolate(task: str, override: str, expdir: Path) -> list[caches.CacheAction]:
-    """What the runner hook does before a run: s3prl's caches of ``task`` made this data set's."""
-    root = preflight.installed_s3prl_root()
-    config = preflight.effective_config(task, root, override)
-    return caches.isolate_caches(task, root, expdir, config)
+def cache_stamp(task: str, expdir: Path) -> dict | None:
+    """What the runner recorded about ``task``'s s3prl cache in ``expdir`` (caches.py: data and action)."""
+    return caches.read_stamp(expdir, task)
 
 
 def log_lines(path: Path, prefix: str) -> list[str]:

@@ -187,12 +187,10 @@ def dscore_root() -> str:
 
 
 def package_hashes(package: Path) -> dict[str, str]:
-    """sha256 of s3prl's package files, without __pycache__ and the two data caches our runner manages."""
-    from pruned_upstream.s3prl_plugin.caches import CACHES
-
-    caches = tuple(package / spec.directory for spec in CACHES)
+    """sha256 of s3prl's package files, without __pycache__ (the runner moves s3prl's data caches into the
+    experiment directories: nothing else is excluded)."""
     return {str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(package.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts and not any(p.is_relative_to(c) for c in caches)}
+            if p.is_file() and "__pycache__" not in p.parts}
 
 
 def run_script(ckpt: Path, out: Path, env: dict) -> tuple[int, str, dict[str, float], float]:

@@ -25,7 +25,7 @@ import joblib
 import pytest
 import torch
 from s3prl_fixtures import make_tiny_wavlm
-from superb_cli_helpers import datarc, isolate, join, runner_overrides, superb, train_argv
+from superb_cli_helpers import cache_stamp, datarc, join, runner_overrides, superb, train_argv
 
 from pruned_upstream.s3prl_plugin.cuda_shim import tensor_cuda_stays_on_cpu
 from pruned_upstream.superb.results import read_expdir
@@ -78,7 +78,6 @@ def asv(tmp_path_factory):
     out = tmp_path_factory.mktemp("asv")
     data = make_voxceleb1(out / "VoxCeleb1", n_dev=4, n_test=3, train_videos=1, per_video=1)
     ckpt, expdir, override = make_tiny_wavlm(out / "tiny.pt"), out / "ASV", asv_override(data)
-    actions = isolate("ASV", override, expdir)
     # s3prl computes the trimmed lengths with joblib Parallel(n_jobs=12): sequential here (2 cores)
     with joblib.parallel_config(backend="sequential"):  # the runner enters the CUDA shim itself
         train_rc = superb(train_argv("sv_voxceleb1", ckpt, expdir, override))
@@ -92,12 +91,12 @@ def asv(tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         eval_rc = superb(["-m", "evaluate", "-e", f"{state}.ckpt", "-t", "test", "-o", f"args.expdir={state}"])
     (state / "log.txt").write_text(stdout.getvalue())
-    return data, expdir, (train_rc, eval_rc), actions, run_script(ckpt, out, data)
+    return data, expdir, (train_rc, eval_rc), cache_stamp("ASV", expdir), run_script(ckpt, out, data)
 
 
 @pytest.mark.slow
 def test_asv_every_checkpoint_is_tested_and_the_lowest_eer_scored(asv):
-    data, expdir, in_process_rcs, actions, proc = asv
+    data, expdir, in_process_rcs, cache, proc = asv
     assert in_process_rcs == (0, 0), (expdir / "stdout.log").read_text()[-3000:]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in expdir.glob("states-*.ckpt")) == ["states-2.ckpt", "states-4.ckpt"]
@@ -117,9 +116,11 @@ def test_asv_every_checkpoint_is_tested_and_the_lowest_eer_scored(asv):
     assert "[run_superb] ASV: lowest EER: " in proc.stdout
     (score,) = json.loads((expdir.parent / "superb_score.json").read_text())  # `pruned-upstream score --json`
     assert "ASV" in score["points"] and "ASV" not in score["missing"] and score["partial"]
-    (action,) = actions
-    assert action.action.endswith("fresh") and action.data["tree"]["files"] == len(
+    # the lengths were computed once, in the experiment (the evaluations of states-N reused them)
+    assert cache["action"] == "reused" and cache["data"]["tree"]["files"] == len(
         [u for u in data.utterances if u.set == "dev"])
+    assert (expdir / "s3prl_cache" / "sv_voxceleb1" / ".wav_lengths" / "Voxceleb1_length.pt").is_file()
+    assert not (expdir / f"states-{SAVE_STEP}" / "s3prl_cache").exists()
 
 
 def eer_from_predictions(state_dir: Path, trials: Path) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from s3prl_fixtures import make_tiny_wavlm
-from superb_cli_helpers import datarc, isolate, join, log_lines, runner_overrides, superb, train_argv
+from superb_cli_helpers import cache_stamp, datarc, join, log_lines, runner_overrides, superb, train_argv
 
 from pruned_upstream.superb.results import read_expdir
 from pruned_upstream.superb_data.voxceleb1 import IDEN_SPLIT, make_voxceleb1, sid_label
@@ -70,12 +70,12 @@ def run_sid(out: Path, data, steps: int, lr: float | None = None) -> dict:
     """Train, then ``-m evaluate -e`` the dev-best checkpoint (else the last one); returns what ran."""
     ckpt, expdir, times = make_tiny_wavlm(out / "tiny.pt"), out / "exp", {}
     override = sid_override(data, steps, lr)
-    actions = isolate("SID", override, expdir)
     train_rc = superb(train_argv("voxceleb1", ckpt, expdir, override), times, "train")
     best = expdir / "dev-best.ckpt"
     best = best if best.is_file() else expdir / f"states-{steps}.ckpt"
     eval_rc = superb(["-m", "evaluate", "-e", best, "-t", "test"], times, "evaluate")
-    return {"expdir": expdir, "train_rc": train_rc, "eval_rc": eval_rc, "times": times, "actions": actions}
+    return {"expdir": expdir, "train_rc": train_rc, "eval_rc": eval_rc, "times": times,
+            "cache": cache_stamp("SID", expdir)}
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,9 @@ def test_sid_trains_evaluates_and_scores(sid):
     expected = {"-".join(u.rel.removesuffix(".wav").split("/")): u.speaker for u in data.split(3)}
     assert truth == expected  # s3prl tested exactly our SID test split, with our speaker labels
     assert acc == pytest.approx(sum(predict[k] == v for k, v in truth.items()) / len(truth))
-    (action,) = run["actions"]  # a new data set: s3prl built its own lists
-    assert action.action.endswith("fresh") and action.data["file_path"] == str(data.root)
+    # s3prl built its lists in the experiment (not in its package), then the evaluate run reused them
+    assert run["cache"]["action"] == "reused" and run["cache"]["data"]["file_path"] == str(data.root)
+    assert (expdir / "s3prl_cache" / "voxceleb1" / "test.pkl").is_file()
 
 
 @pytest.mark.slow

@@ -20,8 +20,9 @@ torch >= 2.6 (see docs/s3prl.md):
   their last state;
 * the process-wide state s3prl changes (``builtins.isinstance``,
   ``sys.argv``, logging streams) is restored afterwards;
-* caches s3prl keeps inside its package, keyed by split name only, are made
-  this data set's before the task reads them (caches.py, docs/tasks/caches.md);
+* the caches s3prl keeps beside its dataset code (SID's file lists, ASV's
+  lengths) are moved into the experiment directory for the run, in process:
+  nothing is written under s3prl's package (caches.py, docs/tasks/caches.md);
 * without a GPU, ``Tensor.cuda()`` returns the tensor inside the run (cuda_shim.py:
   the ASV downstream calls it whatever ``--device`` says).
 """
@@ -41,7 +42,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from pruned_upstream.s3prl_plugin.caches import isolate_caches
+from pruned_upstream.s3prl_plugin.caches import experiment_of, redirect_caches
 from pruned_upstream.s3prl_plugin.cuda_shim import tensor_cuda_stays_on_cpu
 from pruned_upstream.s3prl_plugin.output_tee import LogSink, TeeStream
 from pruned_upstream.s3prl_plugin.past_exp import PastExpError, check_past_exp
@@ -111,21 +112,22 @@ def _s3prl_process_state(argv: list[str], log: LogSink):
 
 @contextlib.contextmanager
 def _report_expdir(module, on_expdir: Callable[[Path], None]):
-    """Call ``on_expdir`` with the expdir s3prl settles on (after -e, -a and -o)."""
+    """Call ``on_expdir`` with the expdir s3prl settles on (after -e, -a and -o); for the rest of the
+    run, the caches s3prl keeps beside its dataset code live in the experiment directory (caches.py)."""
     original = module.get_downstream_args
+    with contextlib.ExitStack() as stack:
+        def wrapped():
+            args, config, backup_files = original()
+            on_expdir(Path(args.expdir).resolve())
+            stack.enter_context(redirect_caches(args.downstream, experiment_of(args), config,
+                                                Path(module.__file__).resolve().parent))
+            return args, config, backup_files
 
-    def wrapped():
-        args, config, backup_files = original()
-        on_expdir(Path(args.expdir).resolve())
-        # s3prl caches file lists inside its package, keyed by split name only: make them this data's
-        isolate_caches(args.downstream, Path(module.__file__).resolve().parent, Path(args.expdir).resolve(), config)
-        return args, config, backup_files
-
-    module.get_downstream_args = wrapped
-    try:
-        yield
-    finally:
-        module.get_downstream_args = original
+        module.get_downstream_args = wrapped
+        try:
+            yield
+        finally:
+            module.get_downstream_args = original
 
 
 def adopted_checkpoint(argv: list[str]) -> Path | None:

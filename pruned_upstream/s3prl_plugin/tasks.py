@@ -153,7 +153,7 @@ _TASKS = (
         metrics=_accuracy(), data="VoxCeleb1", data_source=VOXCELEB1,
         data_paths=(DataPath("downstream_expert.datarc.file_path", "VOXCELEB1_ROOT", ("dev/wav", "test/wav")),),
         s3prl_files=("downstream/voxceleb1/veri_test_class.txt",), tool_files=(),
-        writable_dirs=("downstream/voxceleb1",),  # dataset.py caches to downstream/voxceleb1/.cache
+        writable_dirs=(),  # its .cache lives in the experiment directory (caches.py)
         packages=(LIBROSA,), needs_libsox=False,
         lr=5e-3, lr_search=(1e-1, 1e-2, 1e-3, 1e-4), test_split="test",
         gpu_time="not measured (200k steps)", protocol="train; -m evaluate -t test on dev-best.ckpt",
@@ -243,7 +243,7 @@ _TASKS = (
             "downstream/sv_voxceleb1/voxceleb1_test_v2.txt",
         ),
         tool_files=(),
-        writable_dirs=("downstream/sv_voxceleb1",),  # dataset.py caches to downstream/sv_voxceleb1/.wav_lengths
+        writable_dirs=(),  # its .wav_lengths lives in the experiment directory (caches.py)
         packages=(JOBLIB, LIBROSA, Package("sox", "sox", "sv_voxceleb1/dataset.py"), SCIPY,
                   Package("scikit-learn", "sklearn", "sv_voxceleb1/utils.py")),
         needs_libsox=True, lr=5e-5, lr_search=(1e-4,), test_split="test",
