@@ -195,9 +195,9 @@ def test_hostile_requests_are_refused_and_the_server_keeps_serving(server, tmp_p
     except (BrokenPipeError, ConnectionResetError):  # refused while we were still sending
         answer = b"reset"
     assert answer in (STATUS.pack(2), b"reset")
-    (tmp_path / "results.csv").write_text(CSV)
-    done = client(path, tmp_path, "score", "results.csv", "--json")
-    assert done.returncode == 0 and proc.poll() is None, done.stderr
+    (tmp_path / "results.csv").write_text(CSV)  # then a request only the server answers (no local fallback)
+    served = json.dumps({"argv": ["score", "results.csv", "--json"], "cwd": str(tmp_path), "env": {}})
+    assert raw_request(path, served.encode()) == STATUS.pack(0) and proc.poll() is None
 
 
 def _listener(where: Path) -> socket.socket:
