@@ -17,9 +17,10 @@ import json
 from pathlib import Path
 
 from .arch import WavLMArch
-from .families import HF_FAMILIES, arch_from_hf_config, hf_backbone, read_release
+from .families import HF_FAMILIES, arch_from_hf_config, hf_backbone, hf_dropout, read_release, release_dropout
 from .families import arch_from_release_cfg, hf_to_release_key  # noqa: F401  (public here since before families.py)
 from .model.depth import drop_layers as drop_model_layers
+from .model.dropout import rates_from_metadata, rates_metadata
 from .errors import CheckpointError
 from .model.wavlm import WavLM
 from .safe_load import check_torch_file, checked_meta_model, materialise, read_safetensors, torch_load
@@ -61,15 +62,17 @@ def read_arch(path) -> WavLMArch:
 def _load(path: Path) -> WavLM:
     if path.is_dir():
         _check_hf_counts(path)
-        arch, state = _read_hf_dir(path)
+        arch, state, rates = _read_hf_dir(path)
     elif _is_safetensors(path):
-        arch, state = _read_ours(path)
+        arch, state, rates = _read_ours(path)
     else:
         check_torch_file(path)  # before any reader (a fallback reader included) opens it
-        arch, state = _read_original(path)
+        arch, state, rates = _read_original(path)
     if not isinstance(state, dict):
         raise CheckpointError(path, f"its weights are a {type(state).__name__}, not a mapping of names to tensors")
-    return build_strict(arch, state, path)
+    model = build_strict(arch, state, path)
+    model.dropout_rates = rates  # recorded, not active: s3prl's upstream applies them (model/dropout.py)
+    return model
 
 
 def _one_door(path: Path, read):
@@ -97,7 +100,7 @@ def save_model(model: WavLM, path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={ARCH_KEY: model.arch.to_json()})
+    save_file(state, str(tmp), metadata={ARCH_KEY: model.arch.to_json(), **rates_metadata(model)})
     tmp.replace(path)  # a crash never leaves a half-written model
 
 
@@ -141,10 +144,14 @@ def _read_ours(path: Path):
 
     def check(meta: dict, shapes: dict) -> None:  # on the header, before any tensor is read
         found["arch"] = arch = arch_from_metadata(meta, path)
+        try:
+            found["rates"] = rates_from_metadata(meta)
+        except ValueError as err:
+            raise CheckpointError(path, f"bad dropout metadata: {err}") from None
         checked_meta_model(lambda: WavLM(arch), shapes, path, arch)
 
     _, state = read_safetensors(path, check)
-    return found["arch"], state
+    return found["arch"], state, found["rates"]
 
 
 def arch_from_metadata(meta: dict, path) -> WavLMArch:
@@ -172,13 +179,13 @@ def _read_original(path: Path):
     plain data, anything else a file names is refused; torch.load is never called."""
     ckpt = _torch_load(path)
     try:
-        return read_release(ckpt)
+        return (*read_release(ckpt), release_dropout(ckpt))  # + the rates (model/dropout.py)
     except ValueError as err:
         raise CheckpointError(path, str(err)) from None
 
 
 # ---------------------------------------------------------------------------- Hugging Face
-def _hf_arch(path: Path) -> WavLMArch:
+def _hf_arch(path: Path, with_rates: bool = False):
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(path, "a directory without config.json (expected a Hugging Face WavLM, HuBERT or "
@@ -195,13 +202,14 @@ def _hf_arch(path: Path) -> WavLMArch:
         normalize = bool(json.loads(prep.read_text()).get("do_normalize", False))
     try:
         arch = arch_from_hf_config(config, normalize)
+        rates = hf_dropout(config)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(config_file, f"unsupported configuration: {err}") from None
-    return arch
+    return (arch, rates) if with_rates else arch
 
 
 def _read_hf_dir(path: Path):
-    arch = _hf_arch(path)
+    arch, rates = _hf_arch(path, with_rates=True)
     if (path / "model.safetensors").exists():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -214,4 +222,4 @@ def _read_hf_dir(path: Path):
         state = _torch_load(path / "pytorch_model.bin")
     else:
         raise CheckpointError(path, "no model.safetensors or pytorch_model.bin in the directory")
-    return arch, hf_backbone(state, arch)
+    return arch, hf_backbone(state, arch), rates
