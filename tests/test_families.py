@@ -354,3 +354,56 @@ def test_commands_on_a_hubert_file(tmp_path, capsys):
     assert line["reference"]["params_M"] == line["model"]["params_M"] and line["macs_ratio"] == 1.0
     tiny = teacher_arch("tiny", {"family": "wav2vec2"})  # demo --family wav2vec2's teacher
     assert tiny.family == "wav2vec2" and not tiny.relative_position_embedding and not tiny.gru_rel_pos
+
+
+# ---------------------------------------------------------------------------- fairseq's options
+def _checkpoint_with(path, family: str, **options):
+    """s3prl_checkpoint's layout, the model configuration carrying `options` (same seed: same weights)."""
+    cfg = {**model_cfg(family), **options}
+    symbols = [["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(6)]]
+    built = {k: v for k, v in cfg.items() if k not in ("_name", "conv_pos_batch_norm")}  # s3prl 0.4.18 lacks the latter
+    ckpt = {"task_cfg": {"normalize": False}, "model_cfg": cfg,
+            "model_weight": s3prl_model(family, built, symbols).state_dict(), "dictionaries_symbols": symbols}
+    if family != "hubert":
+        del ckpt["dictionaries_symbols"]
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_required_seq_len_multiple_is_read_and_changes_no_output(tmp_path, family):
+    """fairseq writes required_seq_len_multiple (2 by default since December 2021); s3prl pads the
+    transformer's input to a multiple of it, masks the padding and cuts it off again
+    (upstream/wav2vec2/wav2vec2_model.py, TransformerEncoder.extract_features): 29 frames here, padded
+    to 30 by 2 and 3. The same weights give the same hidden states with 1, 2 and 3, and s3prl's own."""
+    import s3prl.hub
+
+    g = torch.Generator().manual_seed(3)
+    w = [torch.randn(n, generator=g) for n in (9400, 7777, 6400)]
+    batch, lengths = pad_sequence(w, batch_first=True), torch.tensor([len(x) for x in w])
+    outs = {}
+    for multiple in (1, 2, 3):
+        path = _checkpoint_with(tmp_path / f"m{multiple}.pt", family, required_seq_len_multiple=multiple)
+        with torch.no_grad():
+            outs[multiple] = load_model(path)(batch, lengths)
+        assert outs[multiple][-1].shape[1] == 29  # odd and not a multiple of 3: s3prl pads for 2 and 3
+        reference = getattr(s3prl.hub, f"{family}_local")(ckpt=str(path)).eval()
+        with torch.no_grad():
+            expected = reference(w)["hidden_states"]
+        for a, b in zip(outs[multiple], expected):
+            assert a.shape == b.shape and rel_err(a, b) < 1e-5, multiple
+    for multiple in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(outs[multiple], outs[1]))
+    for bad in (0, -2, 2.5, "2", True):
+        with pytest.raises(CheckpointError, match=r"required_seq_len_multiple=.* must be an integer in \[1, "):
+            load_model(_checkpoint_with(tmp_path / "bad.pt", family, required_seq_len_multiple=bad))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conv_pos_batch_norm_is_refused_by_name(tmp_path, family):
+    """fairseq's conv_pos_batch_norm replaces the position convolution's weight norm by a batch norm:
+    refused naming the option (it used to load the weights it found, or fail on their names)."""
+    path = _checkpoint_with(tmp_path / "bn.pt", family, conv_pos_batch_norm=True)
+    with pytest.raises(CheckpointError, match=r"bn.pt: conv_pos_batch_norm=True is not supported \(only False\)"):
+        load_model(path)
+    assert load_model(_checkpoint_with(tmp_path / "plain.pt", family, conv_pos_batch_norm=False)).arch.family == family
