@@ -35,7 +35,6 @@ import importlib
 import inspect
 import re
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 EVAL_NAME_KEYS = frozenset({"select", "module", "agg_module", "utter_module", "ObjectiveLoss", "model_type",
@@ -122,7 +121,8 @@ def check_args_and_config(args, config, s3prl_root: Path) -> None:
     """What s3prl would adopt from a checkpoint: raises PastExpError naming the first problems."""
     import s3prl.hub as hub
 
-    if not isinstance(args, Namespace) or not isinstance(config, dict):
+    namespace = type(args).__module__ == "argparse" and type(args).__name__ == "Namespace"  # (no argparse here)
+    if not namespace or not isinstance(config, dict):
         raise PastExpError("its Args is not an argparse.Namespace or its Config not a dict")
     _plain(vars(args), "Args")
     _plain(config, "Config")
