@@ -369,7 +369,7 @@ def _log_rows(path: Path):
             try:
                 line = raw.decode("utf-8").rstrip("\n")
             except UnicodeDecodeError as err:
-                raise CheckpointError(where, f"unreadable (UnicodeDecodeError at byte {err.start})") from None
+                raise CheckpointError(path, f"unreadable: line {number} is not UTF-8 (byte {err.start})") from None
             if not line.strip():
                 continue
             try:
