@@ -144,6 +144,17 @@ def test_the_run_directory_itself_may_be_a_link(run, tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
 
+def test_export_of_a_run_refuses_a_linked_newest_checkpoint(run, tmp_path, capsys):
+    """`export RUN` takes RUN's newest checkpoint: a step-N link there is refused, not exported."""
+    outside = tmp_path / "outside"
+    shutil.copytree(run / "checkpoints" / "step-2", outside)
+    (run / "checkpoints" / "step-6").symlink_to(outside, target_is_directory=True)
+    code = cli.main(["export", str(run), "--out", str(tmp_path / "model.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and refused(err, run / "checkpoints" / "step-6"), err
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------------------- plot
 @pytest.mark.parametrize("name", ["loss.png", "kept_params_per_layer.png"])
 def test_plot_refuses_a_linked_png_and_leaves_its_target(run, tmp_path, capsys, name):
