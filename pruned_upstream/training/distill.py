@@ -166,7 +166,7 @@ class Distiller(nn.Module):
         return torch.stack(rows)
 
     def forward(self, student_states, teacher_states, valid=None, alive=None):
-        """-> (loss, pairs): the loss summed (or averaged) over pairs and, per distilled teacher layer, its student layer.
+        """-> (loss, pairs): the loss summed (or averaged) over pairs; per distilled teacher layer, its student layer.
 
         valid (B, T) bool marks real frames; alive (num student layers,) bool
         the layers that may be chosen (learned pairing only).

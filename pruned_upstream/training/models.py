@@ -19,7 +19,7 @@ from ..config import Config
 from ..model.components import layer_drop_probs
 from ..model.depth import drop_layers
 from ..model.hardconcrete import expected_z
-from ..model.prunable import expected_sparsity, fixed_params, make_prunable, total_prunable
+from ..model.prunable import expected_sparsity, fixed_params, make_prunable, total_prunable, whole_model_params
 from ..model.wavlm import WavLM, tiny_arch
 from .distill import Distiller, valid_frames
 from .sparsity import sparsity_for_params
@@ -82,6 +82,18 @@ def final_target_sparsity(cfg: Config, student: WavLM) -> float | None:
     if cfg.prune.target_params is None:
         return cfg.train.target_sparsity
     return sparsity_for_params(cfg.prune.target_params, fixed_params(student), total_prunable(student))
+
+
+def lagrangian_scale(cfg: Config, student: WavLM) -> float:
+    """What the Lagrangian multiplies p_hat and p by: P / N with prune.target_params, else 1.
+
+    DPHuBERT's gap is a whole-model sparsity, 1 - (F + E[kept]) / N with N = F + P
+    (lightning.py `_step`), which is (P / N) p_hat; with the target scaled alike the term is
+    DPHuBERT's, multiplier for multiplier. Without target_params the gap stays the paper's.
+    """
+    if not cfg.prune.enabled or cfg.prune.target_params is None:
+        return 1.0
+    return total_prunable(student) / whole_model_params(student)
 
 
 class DistillStudent(nn.Module):

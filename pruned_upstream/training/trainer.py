@@ -35,7 +35,7 @@ from ..model.prunable import (expected_sparsity, kept_prunable, log_alpha_parame
 from ..model.wavlm import WavLM
 from .distill import Distiller
 from .distributed import DistEnv, micro_seed, pick_device
-from .models import DistillStudent, block_gates, build_student, build_teacher, final_target_sparsity
+from .models import DistillStudent, block_gates, build_student, build_teacher, final_target_sparsity, lagrangian_scale
 from .sparsity import Lagrangian, make_optimizers, make_scheduler, target_sparsity
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, t.steps, round(t.warmup * t.steps), tuple(t.scheduled_groups))
         self.sparsity_warmup = round(t.sparsity_warmup * t.steps)
         self.final_sparsity = final_target_sparsity(cfg, student)  # train.target_sparsity or from prune.target_params
+        self.gap_scale = lagrangian_scale(cfg, student)  # 1, or P / N: DPHuBERT's whole-model gap
         self.dataset, self.sampler, self.loader = data or build_data(cfg, self.run_dir, env)
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.last: dict = {}
@@ -150,7 +151,8 @@ class Trainer:
                     with torch.no_grad():
                         teacher_states = self.teacher(wav, lengths)
                     distill, p_hat, micro_pairs = self.ddp(wav, lengths, teacher_states)
-                lagrangian = self.lagrangian(p_hat, p) if self.cfg.prune.enabled else torch.zeros_like(distill)
+                lagrangian = self.lagrangian(p_hat * self.gap_scale, p * self.gap_scale) if self.cfg.prune.enabled \
+                    else torch.zeros_like(distill)
                 loss = distill + lagrangian  # paper Eq. 5
                 self._stop_if_nonfinite(loss, "loss")
                 (loss / n).backward()
