@@ -15,11 +15,15 @@ it with those modules blocked). Rows:
   the recipe's train.steps projected in hours, peak GPU memory;
 - inference: dense WavLM Base, the synthetic p = 0.8 model (CNN whole) and the
   CNN-pruned one of the same size (`synthetic_arch`), batch 1 and 16 of 10 s,
-  float32 and bf16 autocast, median of the repeats, and speed-ups against dense.
+  float32, bf16 autocast (float32 weights), and the models cast to bf16 and to fp16
+  (`model.to(dtype)`, float32 audio in: s3prl's way), median of the repeats, and
+  speed-ups against dense in the same precision. A dtype the device lacks gets the
+  row "not supported here" instead of a time.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 import time
@@ -118,6 +122,40 @@ class _Autocast(torch.nn.Module):
             return self.model(*args)
 
 
+PRECISIONS = ("fp32", "bf16 autocast", "bf16 weights", "fp16 weights")
+CAST = {"bf16 weights": torch.bfloat16, "fp16 weights": torch.float16}
+
+
+def dtype_supported(dtype: torch.dtype, device: str) -> bool:
+    """Whether `device` runs the model's kernels (a conv and a matmul) in `dtype`."""
+    if device == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return False
+    try:
+        x = torch.ones(1, 1, 8, dtype=dtype, device=device)
+        torch.nn.functional.conv1d(x, torch.ones(2, 1, 3, dtype=dtype, device=device))
+        (x[0] @ x[0].transpose(0, 1)).sum().item()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _timed_models(models: dict, precision: str, device: str) -> list:
+    if precision == "fp32":
+        return list(models.values())
+    if precision == "bf16 autocast":
+        return [_Autocast(m, device) for m in models.values()]
+    return [copy.deepcopy(m).to(CAST[precision]) for m in models.values()]
+
+
+def _relative_error(model, reference, device: str) -> float:
+    """||last hidden state - float32's|| / ||float32's|| on 1 s of random audio (tests/test_dtypes.py
+    holds bf16 under 5e-2 and fp16 under 1e-2 on CPU)."""
+    wav = torch.randn(1, SAMPLE_RATE, generator=torch.Generator().manual_seed(0)).to(device) * 0.1
+    with torch.no_grad():
+        out, ref = model(wav)[-1].double(), reference(wav)[-1].double()
+    return float((out - ref).norm() / ref.norm())
+
+
 def inference_rows(sizes: dict, device: str) -> list[tuple[str, str, str]]:
     torch.manual_seed(0)
     base = preset("base") if sizes["teacher"] == "base" else tiny_arch(num_layers=4, embed_dim=64, ffn_dim=256)
@@ -126,9 +164,15 @@ def inference_rows(sizes: dict, device: str) -> list[tuple[str, str, str]]:
               "p = 0.8, CNN pruned": WavLM(synthetic_arch(0.8, base=base, cnn=True))}
     models = {name: m.eval().to(device) for name, m in models.items()}
     seconds, rows = sizes["seconds"], []
-    for precision in ("fp32", "bf16"):
+    for precision in PRECISIONS:
+        if precision in CAST and not dtype_supported(CAST[precision], device):
+            rows += [(f"inference, {name}", precision, "not supported here") for name in models]
+            continue
+        timed = _timed_models(models, precision, device)
+        if precision != "fp32":
+            rows.append(("agreement with fp32", f"{next(iter(models))}, {precision}",
+                         f"{_relative_error(timed[0], next(iter(models.values())), device):.1e} relative"))
         for batch in sizes["batches"]:
-            timed = [m if precision == "fp32" else _Autocast(m, device) for m in models.values()]
             lengths = [int(round(seconds * SAMPLE_RATE))] * batch
             times = measure_times(timed, seconds, sizes["repeats"], torch.get_num_threads(), device, lengths=lengths)
             medians = [statistics.median(t) for t in times]

@@ -2,7 +2,8 @@
 # One table of GPU speeds for a lent machine (docs/performance.md section 7):
 # pruning-training throughput at WavLM Base size (the recipe's batch and crop, bf16,
 # teacher + gated student), the recipe's run projected in hours, peak GPU memory, and
-# inference of dense vs p = 0.8 vs CNN-pruned at batch 1 and 16 on 10 s of audio.
+# inference of dense vs p = 0.8 vs CNN-pruned at batch 1 and 16 on 10 s of audio, in fp32,
+# bf16 autocast and with the models cast to bf16 and fp16 (with their agreement with fp32).
 #
 #   scripts/gpu_check.sh            # on a GPU machine, from the checkout (about a minute on one H100/H200)
 #   scripts/gpu_check.sh --dry-run  # on CPU, tiny sizes: the same code path (run by the tests)
@@ -15,7 +16,7 @@ DRY=False
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=True ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$arg' (allowed: --dry-run, --help)" >&2; exit 2 ;;
   esac
 done

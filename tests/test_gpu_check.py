@@ -36,7 +36,7 @@ def test_dry_run_prints_the_table_without_soundfile_s3prl_torchaudio(tmp_path):
     for line in lines[3:]:
         what, setting, value = (c.strip() for c in line.strip("|").split("|"))
         rows.setdefault(what, []).append((setting, value))
-    assert set(rows) == {"machine", "training step", "training samples/s", "projected run",
+    assert set(rows) == {"machine", "training step", "training samples/s", "projected run", "agreement with fp32",
                          "inference, dense tiny", "inference, p = 0.8, CNN whole", "inference, p = 0.8, CNN pruned"}
     step = float(rows["training step"][0][1].split()[0])
     per_s = float(rows["training samples/s"][0][1])
@@ -46,10 +46,14 @@ def test_dry_run_prints_the_table_without_soundfile_s3prl_torchaudio(tmp_path):
     assert "batch 2 x 8000 samples, fp32" in rows["training step"][0][0]
     for name in ("inference, dense tiny", "inference, p = 0.8, CNN whole", "inference, p = 0.8, CNN pruned"):
         settings = [s for s, _ in rows[name]]
-        assert settings == ["batch 1 x 0.5 s, fp32", "batch 2 x 0.5 s, fp32", "batch 1 x 0.5 s, bf16",
-                            "batch 2 x 0.5 s, bf16"]
+        assert settings == [f"batch {b} x 0.5 s, {p}" for p in ("fp32", "bf16 autocast", "bf16 weights", "fp16 weights")
+                            for b in (1, 2)]  # bf16 and fp16 models run on CPU (torch 2.8)
         assert all(v.endswith("x dense)") and float(v.split()[0]) > 0 for _, v in rows[name])
     assert all(v.endswith("(1.00x dense)") for _, v in rows["inference, dense tiny"])
+    # models cast to bf16 / fp16 agree with float32 within their precision (tests/test_dtypes.py's bounds)
+    agreement = {s: float(v.split()[0]) for s, v in rows["agreement with fp32"]}
+    assert set(agreement) == {f"dense tiny, {p}" for p in ("bf16 autocast", "bf16 weights", "fp16 weights")}
+    assert agreement["dense tiny, bf16 weights"] < 5e-2 and agreement["dense tiny, fp16 weights"] < 1e-2
 
 
 def test_unknown_argument_is_refused(tmp_path):
