@@ -92,7 +92,9 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _open_nofollow(path, flags: int, mode: int = 0o644) -> int:
-    """os.open with O_NOFOLLOW; a link (ELOOP) is a RunLinkError, a non-regular file is refused."""
+    """os.open with O_NOFOLLOW; a link (ELOOP) is a RunLinkError, a non-regular file is refused, and
+    so is a file opened for writing in place (the lock, the log's appends) that has other hard links:
+    writing it would change the file under its other names too."""
     try:
         fd = os.open(path, flags | NOFOLLOW | CLOEXEC | getattr(os, "O_NONBLOCK", 0), mode)
     except OSError as err:
@@ -103,6 +105,9 @@ def _open_nofollow(path, flags: int, mode: int = 0o644) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CheckpointError(path, "not a regular file; refused")
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+            raise CheckpointError(path, f"has {st.st_nlink} hard links; refused: writing it would change the file "
+                                        "under its other names too (replace it with a copy of itself)")
         os.set_blocking(fd, True)
         return fd
     except BaseException:

@@ -124,6 +124,21 @@ def test_resume_refuses_a_linked_directory_and_leaves_it(run, tmp_path, capsys, 
     assert all(p.stat().st_mtime_ns == OLD * 10**9 for p in outside.iterdir())
 
 
+@pytest.mark.parametrize("entry", [".lock", "log.jsonl"])
+def test_a_file_written_in_place_is_refused_when_hard_linked(run, tmp_path, capsys, entry):
+    """The lock is rewritten and log.jsonl appended in place: a hard link to a file elsewhere (same file
+    system; an archive may hold one) would change that file. (log.jsonl: a resume without a checkpoint
+    appends to it as it is.)"""
+    target = victim(tmp_path)
+    if entry == "log.jsonl":
+        shutil.rmtree(run / "checkpoints")
+    (run / entry).unlink(missing_ok=True)
+    os.link(target, run / entry)
+    code, err = prune_resume(run, capsys)
+    assert code == 1 and len(err.splitlines()) == 1 and f"{run / entry}: has 2 hard links; refused" in err, err
+    assert untouched(target)
+
+
 def test_a_new_run_refuses_a_planted_lock_link(manifest, tmp_path, capsys):
     target = victim(tmp_path)
     out = tmp_path / "new"
