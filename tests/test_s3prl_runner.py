@@ -310,3 +310,24 @@ def test_the_marker_names_an_undo_command_that_works(tmp_path, capsys):
     argv = undo.split()[1:]
     assert main([str(checkout) if a == "CHECKOUT" else a for a in argv]) == 0
     assert _snapshot(checkout) == original and "removed" in capsys.readouterr().out
+
+
+def test_paths_made_absolute_inside_o_stay_one_string_for_s3prl(tmp_path):
+    """`-o args.expdir=runs/lr=1e-4` (two '=': s3prl alone fails to unpack) and a path holding code: made
+    absolute and quoted, s3prl's own parser reads back exactly the path and runs nothing."""
+    import argparse
+
+    from s3prl.utility.helper import override as s3prl_override
+
+    hostile = ",config.x=__import__('os').system('touch MARKER')#"
+    (tmp_path / hostile).mkdir()
+    cases = (("args.expdir=runs/lr=1e-4", tmp_path / "runs/lr=1e-4"),  # args.<path>: always made absolute
+             (f"config.downstream_expert.datarc.root='{hostile}'", tmp_path / hostile))  # config.*: when it exists
+    for given, expected in cases:
+        argv = runner.prepare_argv(["-m", "train", "-d", "speech_commands", "-p", "exp", "-o", given],
+                                   tmp_path, cuda_available=True)
+        args, config = argparse.Namespace(), {}
+        s3prl_override(argv[argv.index("-o") + 1], args, config)
+        assert [vars(args).get("expdir"), config.get("downstream_expert", {}).get("datarc", {}).get("root")].count(
+            str(expected)) == 1
+    assert not (tmp_path / "MARKER").exists() and not Path("MARKER").exists()
