@@ -14,6 +14,7 @@ read a file is a `CheckpointError`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .arch import WavLMArch
@@ -23,6 +24,7 @@ from .model.depth import drop_layers as drop_model_layers
 from .model.dropout import rates_from_metadata, rates_metadata
 from .errors import CheckpointError
 from .model.wavlm import WavLM
+from .small_files import read_small_text
 from .safe_load import check_torch_file, checked_meta_model, materialise, read_safetensors, torch_load
 
 ARCH_KEY = "pruned_upstream_arch"
@@ -114,16 +116,9 @@ def build_strict(arch: WavLMArch, state: dict, path="<state dict>") -> WavLM:
 def _check_hf_counts(path: Path) -> None:
     """Counts in config.json that would cost time or memory before any weight is compared."""
     config_file = path / "config.json"
-    if not config_file.is_file():
+    if not os.path.lexists(config_file):
         return
-    if config_file.stat().st_size > 1_000_000:
-        raise CheckpointError(config_file, f"{config_file.stat().st_size:,} bytes: too large for a config")
-    try:
-        config = json.loads(config_file.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(config_file, f"invalid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(config_file, f"expected a JSON object, found {type(config).__name__}")
+    config = _read_json(config_file)
     for key, value in config.items():
         if isinstance(value, list) and len(value) > _MAX_HF_COUNT:
             raise CheckpointError(config_file, f"{key} lists {len(value):,} values (at most {_MAX_HF_COUNT:,})")
@@ -185,21 +180,32 @@ def _read_original(path: Path):
 
 
 # ---------------------------------------------------------------------------- Hugging Face
+def _read_json(path: Path) -> dict:
+    """A JSON object from a small regular file (a FIFO or a link to /dev/zero is refused at once,
+    never read: small_files.read_small_text)."""
+    try:
+        config = json.loads(read_small_text(path))
+    except ValueError as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(path, f"invalid JSON: {str(err)[:200]}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(path, f"expected a JSON object, found {type(config).__name__}")
+    return config
+
+
 def _hf_arch(path: Path, with_rates: bool = False):
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(path, "a directory without config.json (expected a Hugging Face WavLM, HuBERT or "
                               "wav2vec 2.0 model directory)")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(config_file, f"invalid JSON: {err}") from None
+    config = _read_json(config_file)
     if config.get("model_type") not in HF_FAMILIES:
-        raise CheckpointError(config_file, f"model_type is {config.get('model_type')!r}, not one of {', '.join(HF_FAMILIES)}")
+        raise CheckpointError(config_file, f"model_type is {str(config.get('model_type'))[:80]!r}, not one of {', '.join(HF_FAMILIES)}")
     normalize = None
     prep = path / "preprocessor_config.json"
-    if prep.exists():
-        normalize = bool(json.loads(prep.read_text()).get("do_normalize", False))
+    if os.path.lexists(prep):
+        normalize = bool(_read_json(prep).get("do_normalize", False))
     try:
         arch = arch_from_hf_config(config, normalize)
         rates = hf_dropout(config)
