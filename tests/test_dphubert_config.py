@@ -21,7 +21,8 @@ from training_fixtures import tiny, write_manifest
 
 from pruned_upstream.checkpoints import load_model
 from pruned_upstream.commands.export import export_command
-from pruned_upstream.config_files import load_config
+from pruned_upstream.config import differences
+from pruned_upstream.config_files import load_config, load_saved, save_config
 from pruned_upstream.exporting import export
 from pruned_upstream.model.prunable import (
     PruneConfig,
@@ -115,6 +116,13 @@ def test_an_unreachable_target_names_the_reachable_range(manifest, tmp_path):
     cfg = tiny_dphubert(manifest)  # DPHuBERT's 23.6 M: far above a tiny model's size
     with pytest.raises(ValueError, match=r"prune.target_params=23,585,946 is out of reach: .* between \d"):
         Trainer(cfg, tmp_path, DistEnv(), data=(None, None, None))
+
+
+def test_the_resolved_config_round_trips(tmp_path):
+    cfg = load_config("hubert_base_dphubert")
+    save_config(cfg, tmp_path / "config.yaml")  # what RUN_DIR/config.yaml holds, read back on --resume
+    again = load_saved(tmp_path / "config.yaml")
+    assert differences(cfg, again) == [] and again.prune.target_params == DPHUBERT_PARAMS
 
 
 @pytest.mark.parametrize("overrides, message", [
