@@ -48,6 +48,10 @@ class RequestError(ValueError):
     """A request the server does not run (one line for its log)."""
 
 
+class Stopped(BaseException):
+    """SIGTERM: the server removes its socket and directory, then exits at once."""
+
+
 def private_dir_problem(st: os.stat_result) -> str | None:
     """Why a directory (its lstat/fstat) cannot hold our socket, or None."""
     if not stat.S_ISDIR(st.st_mode):
@@ -224,7 +228,7 @@ def serve(path: str) -> None:
         from .. import cli  # noqa: F401
 
         def stop(signum, frame):
-            raise SystemExit(0)
+            raise Stopped
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
@@ -250,4 +254,8 @@ def serve(path: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m pruned_upstream.commands.fork_server NEW_DIRECTORY")
-    serve(sys.argv[1])
+    try:
+        serve(sys.argv[1])
+    except Stopped:  # cleaned up in serve(); skip the slow interpreter shutdown with torch loaded
+        sys.stderr.flush()
+        os._exit(0)
