@@ -37,15 +37,23 @@ def check_rates(rates, where: str = "dropout rates") -> dict[str, float]:
     """A mapping of some of RATE_NAMES to numbers in [0, 1] -> all four as floats (missing: 0)."""
     if not isinstance(rates, dict):
         raise ValueError(f"{where}: expected a mapping of rates, found {type(rates).__name__}")
-    unknown = sorted(str(k)[:40] for k in rates if k not in RATE_NAMES)
+    # messages show a bounded text of what a file holds, never str() of an untrusted value
+    unknown = [k[:40] if isinstance(k, str) else f"a {type(k).__name__}" for k in rates if k not in RATE_NAMES]
     if unknown:
         raise ValueError(f"{where}: unknown rates {unknown[:4]} (known: {', '.join(RATE_NAMES)})")
     out = {}
     for name in RATE_NAMES:
         value = rates.get(name, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{where}: {name} must be a number in [0, 1], found {str(value)[:40]!r}")
-        out[name] = float(value)
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float's range
+                pass
+        if number is None or not 0.0 <= number <= 1.0:  # NaN fails the comparison too
+            found = f"a {type(value).__name__}" if number is None else f"{number:.6g}"
+            raise ValueError(f"{where}: {name} must be a number in [0, 1], found {found}")
+        out[name] = number
     return out
 
 
