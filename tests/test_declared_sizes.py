@@ -8,42 +8,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_child import DATA_LIMIT, assert_one_line_error, run_cli
 from conftest import release_cfg
 from safetensors.torch import save_file
 
 from pruned_upstream.arch import MAX_CONV_LAYERS, parse_conv_layers
 from pruned_upstream.model.wavlm import WavLM, tiny_arch
-
-DATA_LIMIT = 2 << 30  # bytes: the old readers asked for 2 GB and more for each case below
-_CHILD = ("import resource, sys\n"
-          f"resource.setrlimit(resource.RLIMIT_DATA, ({DATA_LIMIT}, {DATA_LIMIT}))\n"
-          "from pruned_upstream.cli import main\n"
-          "sys.exit(main(sys.argv[1:]))\n")
-
-
-def run_cli(*args, cwd: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
-    """`pruned-upstream ARGS` in a child under DATA_LIMIT: (the finished process, its wall seconds).
-    A child still running after `timeout` seconds fails the test (subprocess.TimeoutExpired)."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
-    return proc, time.perf_counter() - start
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit status 1, nothing on stdout, one line on stderr holding each needle, no traceback."""
-    err = proc.stderr
-    assert proc.returncode == 1, (proc.returncode, err[-2000:])
-    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err[-2000:]
-    for needle in needles:
-        assert needle in err, err
-    return err
-
 
 def _release(path: Path, **cfg) -> Path:
     """A release checkpoint as torch.save writes it (plain data: `cfg` and a tiny model's weights)."""

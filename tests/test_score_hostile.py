@@ -3,11 +3,13 @@ read, and every number it reports is one a file states in full (seeded corruptio
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
 
 import pytest
+from cli_child import assert_one_line_error, run_cli
 from test_superb_score import _expdir, _log, _model_dir
 
 from pruned_upstream import CheckpointError
@@ -127,3 +129,74 @@ def test_an_unreadable_upstream_file_leaves_its_size_out_and_says_why(tmp_path, 
     assert upstream_size(str(bad)) is None
     err = capsys.readouterr().err
     assert err.startswith(f"warning: {bad}: ") and "parameters and MACs are left out" in err
+
+
+# ---------------------------------------------------------------------------- hostile expdir files
+# Through the command line, in a child under a 2 GiB data limit (test_declared_sizes.run_cli): one line
+# on stderr naming the file, exit 1, no traceback, within seconds; the old readers read these forever,
+# or for gigabytes, or ended in a traceback.
+BOMB = "config: [" + ", ".join(  # nine levels of nine aliases: 9**9 strings once expanded
+    [f"&a0 [{', '.join(['lol'] * 9)}]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]) + "]\n"
+ARGS = "args_2026-11-23-10-00-00.yaml"
+
+
+def _hostile_args(tmp_path: Path, make) -> tuple[Path, Path]:
+    """A KS expdir whose args YAML `make(path)` replaces."""
+    expdir = _ks(tmp_path / "model", _log(0.9))
+    (expdir / ARGS).unlink()
+    make(expdir / ARGS)
+    return tmp_path / "model", expdir / ARGS
+
+
+@pytest.mark.parametrize("kind", ["dev_zero", "fifo", "alias_bomb", "downstream_list"])
+def test_hostile_args_yaml_is_refused_in_one_line(tmp_path, kind):
+    make, says = {
+        "dev_zero": (lambda p: p.symlink_to("/dev/zero"), "not a regular file (a character device)"),
+        "fifo": (lambda p: os.mkfifo(p), "not a regular file (a FIFO)"),
+        "alias_bomb": (lambda p: p.write_text("downstream: ctc\n" + BOMB), "YAML anchors (&name) are not accepted"),
+        "downstream_list": (lambda p: p.write_text("downstream: [speech_commands, asr]\n"),
+                            "the args YAML's downstream must be a name (e.g. speech_commands), got ['speech"),
+    }[kind]
+    model, args = _hostile_args(tmp_path, make)
+    assert kind != "alias_bomb" or len(args.read_bytes()) < 700
+    proc, seconds = run_cli("score", model, "--allow-missing", cwd=tmp_path, timeout=60)
+    assert_one_line_error(proc, "pruned-upstream score: error: ", str(model / "ks"), says)
+    assert seconds < 20
+
+
+def test_a_sparse_1_gib_log_is_read_line_by_line(tmp_path):
+    """A log.log of 1 GiB (a hole of zeros, then the test line) is read in bounded memory: the old
+    reader held the whole text twice (a MemoryError under the child's 2 GiB data limit)."""
+    expdir = _ks(tmp_path / "model", _log(0.9))
+    with open(expdir / "log.log", "r+b") as f:
+        f.seek(1 << 30, os.SEEK_END)
+        f.write(b"\ntest at step 0: 0.93\n")
+    assert (expdir / "log.log").stat().st_size > 1 << 30
+    proc, seconds = run_cli("score", tmp_path / "model", "--allow-missing", "--json", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert '"points": {"KS": ' in proc.stdout, proc.stdout
+    assert seconds < 20
+    run = read_expdir(expdir)  # the line after the hole; the hole itself is one line too long to read
+    assert run.metrics == {"KS": pytest.approx(93.0)} and run.sources["KS"] == f"{expdir}/log.log:11"
+
+
+def test_an_upstream_file_that_is_a_fifo_is_never_opened(tmp_path):
+    """An args YAML's upstream_ckpt naming a FIFO: the size columns stay empty (the old score waited
+    on the FIFO forever)."""
+    os.mkfifo(tmp_path / "pipe")
+    _expdir(tmp_path / "model", "ks", "speech_commands", {"log.log": _log(0.9)}, upstream_ckpt=str(tmp_path / "pipe"))
+    proc, seconds = run_cli("score", tmp_path / "model", "--allow-missing", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert seconds < 20
+
+
+def test_a_memory_error_in_score_is_one_line(tmp_path, capsys, monkeypatch):
+    import pruned_upstream.commands.score as score
+
+    def exhausted(path):
+        raise MemoryError
+
+    monkeypatch.setattr(score, "read_results", exhausted)
+    assert main(["score", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "pruned-upstream score: error: out of memory; nothing more was done\n"
