@@ -248,3 +248,22 @@ def test_feature_grad_mult_scales_the_cnn_gradient():
         model(w)[-1].pow(2).mean().backward()
         grads[mult] = getattr(model.feature_extractor.conv_layers[1], "0").weight.grad.clone()
     assert torch.allclose(grads[0.25], grads[1.0] * 0.25, rtol=1e-4, atol=1e-9)
+
+
+def test_prune_then_export_records_the_teachers_rates(tmp_path):
+    """End to end: `prune` from a release teacher, then `export RUN`: the compact file carries the
+    teacher's rates, which the upstream applies in train mode only."""
+    from training_fixtures import tiny, write_manifest
+
+    from pruned_upstream.commands.export import export_command
+    from pruned_upstream.training.run import run_prune
+
+    rates = dict(dropout=0.15, attention_dropout=0.05, activation_dropout=0.0, dropout_input=0.1)
+    _release_file(tmp_path / "teacher.pt", "wavlm", rates)
+    (tmp_path / "audio").mkdir()
+    manifest = write_manifest(tmp_path / "audio", count=4)
+    assert run_prune("demo", tiny(manifest, f"teacher.checkpoint={tmp_path / 'teacher.pt'}", "train.steps=2",
+                                  "train.save_every=2"), tmp_path / "run") == 0
+    assert export_command(str(tmp_path / "run"), str(tmp_path / "m.safetensors")) == 0
+    assert load_model(tmp_path / "m.safetensors").dropout_rates == rates
+    assert active_dropout(pruned_wavlm_local(str(tmp_path / "m.safetensors")).model) == rates
