@@ -84,13 +84,14 @@ def run(argv: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     fds = array.array("i", [0, 1, 2])
-    conn.sendmsg([HEADER.pack(len(request))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-    conn.sendall(request)
-    try:
-        (code,) = STATUS.unpack(_recv_exact(conn, STATUS.size))
-    except ConnectionError:
-        print("pruned-upstream: the fork server's child died without an exit status", file=sys.stderr)
-        return 1
+    with conn:
+        try:
+            conn.sendmsg([HEADER.pack(len(request))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+            conn.sendall(request)
+            (code,) = STATUS.unpack(_recv_exact(conn, STATUS.size))
+        except OSError as exc:  # ConnectionError included
+            print(f"pruned-upstream: the fork server's child ended without an exit status ({exc})", file=sys.stderr)
+            return 1
     return code
 
 
