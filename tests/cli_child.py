@@ -33,3 +33,12 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     for needle in needles:
         assert needle in err, err
     return err
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A YAML flow sequence of `levels` anchors, each listing the previous one nine times: under 600
+    bytes, 9**levels strings once expanded (billion laughs). Safe loaders share the aliased nodes, so
+    loading is quick; whatever then walks or prints the value (a type check's message, str()) is not."""
+    anchors = [f"&a0 [{', '.join(['lol'] * 9)}]"]
+    anchors += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return f"[{', '.join(anchors)}]"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cli_child import alias_bomb, assert_one_line_error, run_cli
 
 from pruned_upstream import cli
 from pruned_upstream.checkpoints import save_model
@@ -128,3 +129,49 @@ def test_a_data_source_without_audio_is_refused(audio, tmp_path, capsys, no_heav
     (tmp_path / "list.txt").write_text("u0.wav\n")
     assert "neither a directory nor a manifest .tsv" in prune_error(capsys, tmp_path / "r6",
                                                                     f"data.source={tmp_path / 'list.txt'}")
+
+
+# ---------------------------------------------------------------------------- hostile configuration files
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  steps: [3\n", "invalid YAML: while parsing a flow sequence"),
+    ("train: !!python/object/apply:os.system ['touch MARKER']\n",
+     "invalid YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+    (f"train:\n  steps: {alias_bomb()}\n", "invalid YAML: YAML anchors (&name) are not accepted here"),
+], ids=["syntax", "python_tag", "alias_bomb"])
+def test_a_hostile_config_file_is_one_line(tmp_path, text, message):
+    """`prune --config FILE`: a YAML error (an unknown tag included) is one line naming the file, nothing
+    runs; aliases are refused (600 bytes that expand to 9**9 strings took minutes and gigabytes)."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(text.replace("MARKER", str(tmp_path / "marker")))
+    proc, seconds = run_cli("prune", "--config", config, "--out", tmp_path / "run", cwd=tmp_path)
+    assert_one_line_error(proc, f"pruned-upstream prune: error: {config}: {message}")
+    assert seconds < 30 and not (tmp_path / "marker").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_hostile_saved_config_is_one_line_on_resume(tmp_path):
+    """`prune --out RUN --resume` reads RUN/config.yaml: aliases refused in one line, and a symbolic
+    link is not followed (nothing inside a run directory is)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"train:\n  steps: {alias_bomb()}\n")
+    proc, seconds = run_cli("prune", "--out", run, "--resume", cwd=tmp_path)
+    assert_one_line_error(proc, f"{run / 'config.yaml'}: invalid YAML: YAML anchors (&name) are not accepted")
+    assert seconds < 30
+    (tmp_path / "elsewhere.yaml").write_text("data:\n  source: ''\n")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    proc, _ = run_cli("prune", "--out", run, "--resume", cwd=tmp_path)
+    assert_one_line_error(proc, f"{run / 'config.yaml'}", "symbolic link")  # refused by the run's checks or by load_saved
+
+
+def test_a_memory_error_in_prune_is_one_line(tmp_path, capsys, monkeypatch):
+    import pruned_upstream.training.run as run
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("out of memory while building the teacher")
+
+    monkeypatch.setattr(run, "run_prune", exhausted)
+    assert cli.main(["prune", "--config", "demo", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err == ("pruned-upstream prune: error: out of memory (out of memory while building the teacher); "
+                   "nothing more was done\n")

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from cli_child import assert_one_line_error, run_cli
+from cli_child import alias_bomb, assert_one_line_error, run_cli
 from test_superb_score import _expdir, _log, _model_dir
 
 from pruned_upstream import CheckpointError
@@ -135,8 +135,7 @@ def test_an_unreadable_upstream_file_leaves_its_size_out_and_says_why(tmp_path, 
 # Through the command line, in a child under a 2 GiB data limit (test_declared_sizes.run_cli): one line
 # on stderr naming the file, exit 1, no traceback, within seconds; the old readers read these forever,
 # or for gigabytes, or ended in a traceback.
-BOMB = "config: [" + ", ".join(  # nine levels of nine aliases: 9**9 strings once expanded
-    [f"&a0 [{', '.join(['lol'] * 9)}]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]) + "]\n"
+BOMB = f"config: {alias_bomb()}\n"  # s3prl's `config` path: str() of it for a ctc expdir
 ARGS = "args_2026-11-23-10-00-00.yaml"
 
 
