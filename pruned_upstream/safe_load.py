@@ -104,13 +104,20 @@ def materialise(model: nn.Module, state: dict, path) -> nn.Module:
 
     Copies, in memory of their own: the readers' tensors may be views of the file's mapping
     (safetensors, torch's mmap), which a later rewrite of the file would change or, truncated,
-    turn into a crash; and two names may share one storage. One copy is what loading into an
-    allocated model cost before, without the allocation's random initialisation."""
-    owned = {}
+    turn into a crash. Two names on one stored tensor are refused: the memory a load takes is
+    then at most what the file stores (overlapping and zero-stride tensors are refused by the
+    readers, torch_files.py). One copy is what loading into an allocated model cost before,
+    without the allocation's random initialisation."""
+    owned, seen = {}, {}
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise CheckpointError(path, f"{name} is {kind}; weights must be floating-point tensors")
+        where = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride()) if tensor.numel() else name
+        if where in seen:  # one stored tensor under many names declares more than the file stores
+            raise CheckpointError(path, f"{name} and {seen[where]} are one stored tensor: each weight must be "
+                                        "stored once; refused")
+        seen[where] = name
         tensor = tensor.detach()
         owned[name] = tensor.float() if tensor.dtype != torch.float32 else tensor.clone()
     model.load_state_dict(owned, strict=True, assign=True)

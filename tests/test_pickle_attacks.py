@@ -361,3 +361,14 @@ def test_random_opcode_streams(tmp_path, trusted):
             assert "\n" not in str(err), str(err)[:300]
     assert not os.path.exists(marker)
     _assert_still_trusted(trusted, before)
+
+
+def test_one_stored_tensor_under_many_names_is_refused(tmp_path):
+    cfg = release_cfg(layers=4)
+    state = WavLM(arch_from_release_cfg(cfg)).state_dict()
+    for i in range(1, 4):  # every layer's fc1 is layer 0's: the file stores a quarter of what it declares
+        state[f"encoder.layers.{i}.fc1.weight"] = state["encoder.layers.0.fc1.weight"]
+    torch.save({"cfg": cfg, "model": state}, tmp_path / "tied.pt")
+    with pytest.raises(CheckpointError, match=r"tied\.pt: encoder\.layers\.1\.fc1\.weight and encoder\.layers\.0\.fc1"
+                                              r"\.weight are one stored tensor"):
+        load_model(tmp_path / "tied.pt")
