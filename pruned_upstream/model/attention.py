@@ -189,16 +189,21 @@ class SelfAttention(nn.Module):
         return weight, bias, (None if uniform else index), len(parts)
 
     def _inference_output(self, x, padding_mask, position_bias):
-        """out_proj(_heads_output(...)) without gates or gradients: one projection for q, k and v."""
+        """out_proj(_heads_output(...)) without gates or gradients: uneven heads get one projection
+        for q, k and v and one scatter into the padded layout (not three); heads already in
+        SDPA's layout (every dense layer) their own projections, nothing stacked. The stacked
+        weights are made in each forward, never kept (docs/performance.md section 6.6)."""
         b, t, _ = x.shape
         h, width = len(self.layer.heads), self.width
-        weight, bias_in, index, parts = self._fused_weights()  # each forward: never stale (performance.md 6.6)
-        y = F.linear(x, weight, bias_in)
-        if index is not None:  # scatter into the zero-padded layout
+        if self.pad_vo or (self.qk_width > 0 and self.pad_qk):
+            weight, bias_in, index, parts = self._fused_weights()
+            y = F.linear(x, weight, bias_in)
             padded = y.new_zeros(b, t, parts * h * width)
             padded[:, :, index] = y
-            y = padded
-        y = y.view(b, t, parts, h, width).permute(2, 0, 3, 1, 4)  # (1|3, B, H, T, width)
+            y = padded.view(b, t, parts, h, width).permute(2, 0, 3, 1, 4)  # (1|3, B, H, T, width)
+        else:  # stacking Base's q/k/v weights would copy 7 MB per layer and forward
+            projs = (self.q_proj, self.k_proj, self.v_proj) if self.qk_width > 0 else (self.v_proj,)
+            y = [proj(x).view(b, t, h, width).transpose(1, 2) for proj in projs]  # (B, H, T, width) each
         v = y[-1]
         bias = self._bias(x, padding_mask, position_bias)
         if self.qk_width > 0:
