@@ -305,8 +305,9 @@ def is_tar_header(block: bytes) -> bool:
 
 def _read_zip(reading: _Reading):
     path, size = reading.path, len(reading.buf)
-    try:
-        with zipfile.ZipFile(path) as z:
+    try:  # the mapping, not the path again: the path may name another file by now
+        reading.buf.seek(0)
+        with zipfile.ZipFile(reading.buf) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as err:
         raise CheckpointError(path, f"unreadable checkpoint (truncated or corrupt zip?): {str(err)[:200]}") from None
