@@ -15,7 +15,7 @@ among these entries is refused in one line, before anything is read or written.
 `student.safetensors` holds the student's weights with every gate's
 `log_alpha`; its metadata holds the architecture (JSON, as our model files)
 and the prune options. `state.pt` holds only tensors, numbers, strings, lists
-and dicts, and is read with `torch.load(weights_only=True)`.
+and dicts, and is read by our own reader (torch_files.py; never torch.load).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ STATE_KEYS = {"step": int, "optimizer": dict, "scheduler": dict, "lagrangian": d
 
 
 def read_state(ckpt: Path) -> dict:
-    """state.pt of a checkpoint (torch.load(weights_only=True)); CheckpointError when unreadable
+    """state.pt of a checkpoint (safe_load.torch_load: our reader); CheckpointError when unreadable
     or without what a resumed run needs."""
     path = Path(ckpt) / STATE_FILE
     refuse_link(path)
