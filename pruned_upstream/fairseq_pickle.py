@@ -12,7 +12,8 @@ says what our reader builds when the file applies it.
   `_rebuild_parameter`) and storage classes (`torch.FloatStorage`, ...): the
   reader rebuilds the tensor itself from the stored bytes, after checking offset,
   sizes and strides (torch_files.py); nothing of `torch._utils` is called.
-- `collections.OrderedDict`, `collections.defaultdict` (omegaconf's metadata),
+- `collections.OrderedDict`, `collections.defaultdict` (omegaconf's metadata), `set`
+  (protocol 2 writes a set as `set([...])`),
   `_codecs.encode` (protocol 2 writes bytes as `encode(text, "latin1")`): plain
   containers and bytes.
 - The container classes of fairseq's releases (omegaconf's DictConfig, ListConfig,
@@ -58,6 +59,7 @@ def _names() -> dict:
         ("torch._utils", "_rebuild_tensor"): Name("rebuild", "torch._utils._rebuild_tensor"),
         ("torch._utils", "_rebuild_parameter"): Name("parameter", "torch._utils._rebuild_parameter"),
     }
+    names.update({(m, "set"): Name("set", f"{m}.set") for m in ("builtins", "__builtin__")})  # protocol 2's sets
     names.update({("torch", s): Name("storage_type", f"torch.{s}", dtype) for s, dtype in STORAGE_DTYPES.items()})
     names.update({key: Name("record", ".".join(key), kind) for key, kind in _RECORDS.items()})
     names.update({key: Name("type", ".".join(key)) for key in _TYPES})

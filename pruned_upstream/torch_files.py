@@ -51,6 +51,7 @@ from .errors import CheckpointError
 from .fairseq_pickle import NAMES, REFUSED_HINT, plain_record
 from .small_files import open_regular
 from .pickle_reader import SCALARS, Name, PickleReader, Record, Refused, short
+from .pickle_reader import _key as _key_of
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001
@@ -125,6 +126,8 @@ class _Reading:
             return _ordered(args)
         if kind == "defaultdict":
             return {}
+        if kind == "set" and (not args or len(args) == 1 and isinstance(args[0], list)):
+            return {_key_of(v) for v in (args[0] if args else ())}
         if kind == "encode" and len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
             try:
                 return args[0].encode("latin-1")
