@@ -11,9 +11,9 @@ Tolerance, relative error of the last hidden state (||out - ref|| / ||ref||):
   operation); measured 3e-7 to 5e-7.
 - bfloat16: 5e-2. Its 8-bit significand rounds each value to 2^-9 = 2e-3 relative, and
   a forward chains some twenty roundings (CNN, projections, softmax, norms); measured
-  0.8e-2 to 1.2e-2 on these random models, so 5e-2 leaves 4x and still fails a
+  0.7e-2 to 1.3e-2 on these random models, so 5e-2 leaves 4x and still fails a
   wrong path (a dropped norm or gate is off by O(1)).
-- float16: 1e-2 (10-bit significand, 2^-11 = 5e-4; measured 1.0e-3 to 1.4e-3).
+- float16: 1e-2 (10-bit significand, 2^-11 = 5e-4; measured 0.8e-3 to 1.6e-3).
 """
 
 from __future__ import annotations

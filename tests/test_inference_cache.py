@@ -9,7 +9,7 @@ section 6.6). Every test here builds the derived values once (an evaluation forw
 changes the weights one way, and checks that the next evaluation equals a freshly
 built model holding the same weights. Run against the cached code (before the change):
 every `.data` test, fused Adam and AdamW (in train and in eval mode), s3prl's four and the
-EMA test failed (max |difference| 0.006 to 1.5); load_state_dict (in place or assign) and
+EMA test failed (max |difference| 0.06 to 3.0); load_state_dict (in place or assign) and
 `.to()` it handled, and the test of them failed only at float64 (then unsupported);
 foreach Adam moves the version counters and passed.
 """
