@@ -9,7 +9,8 @@ section 6.6). Every test here builds the derived values once (an evaluation forw
 changes the weights one way, and checks that the next evaluation equals a freshly
 built model holding the same weights. Run against the cached code (before the change):
 every `.data` test, fused Adam and AdamW (in train and in eval mode), s3prl's four and the
-EMA test failed (max |difference| 0.06 to 3.0); load_state_dict (in place or assign) and
+EMA test and s3prl's Runner.train with each of its optimizers failed (max |difference| 0.06
+to 3.0); load_state_dict (in place or assign) and
 `.to()` it handled, and the test of them failed only at float64 (then unsupported);
 foreach Adam moves the version counters and passed.
 """
@@ -185,3 +186,57 @@ def test_an_ema_teacher_updated_through_data_in_eval_mode():
         for t, s in zip(teacher.parameters(), student.parameters()):
             t.data.mul_(0.5).add_(s.data, alpha=0.5)
         assert_follows(teacher, "EMA through .data")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("name", ["AdamW", "BertAdam", "Lamb"])
+def test_s3prl_runner_trains_our_upstream_and_evaluates_its_current_weights(tmp_path, monkeypatch, name):
+    """s3prl's own Runner.train (downstream/runner.py) with --upstream_trainable, its `example`
+    downstream (random audio, made short here) and s3prl's optimizer: every forward without a
+    gradient (the evaluations) equals a fresh model loaded with the upstream's weights then."""
+    import s3prl.hub as hub
+    from argparse import Namespace
+
+    from s3prl.downstream.example import dataset as example_data
+    from s3prl.downstream.runner import Runner
+
+    from pruned_upstream.checkpoints import save_model
+    from pruned_upstream.s3prl_plugin.hubconf import pruned_wavlm_local
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_model(_model(), ckpt)
+    monkeypatch.setattr(hub, "pruned_wavlm_local", pruned_wavlm_local, raising=False)
+    for attr, value in (("SAMPLE_RATE", 3200), ("EXAMPLE_WAV_MIN_SEC", 1), ("EXAMPLE_WAV_MAX_SEC", 1),
+                        ("EXAMPLE_DATASET_SIZE", 4)):
+        monkeypatch.setattr(example_data, attr, value)
+    checked, real = [], WavLM.forward
+
+    def checking_forward(self, wav, lengths=None):
+        out = real(self, wav, lengths)
+        if not torch.is_grad_enabled() and not self.training:
+            fresh = WavLM(self.arch)
+            fresh.load_state_dict(self.state_dict())
+            fresh.feature_grad_mult = self.feature_grad_mult
+            ref = real(fresh.eval(), wav, lengths)
+            worst = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(out, ref))
+            checked.append((worst, self.encoder.pos_conv.get_submodule("0").weight_v.detach().clone()))
+        return out
+
+    monkeypatch.setattr(WavLM, "forward", checking_forward)
+    config = {
+        "runner": {"total_steps": 4, "gradient_clipping": 1, "gradient_accumulate_steps": 1, "log_step": 100,
+                   "eval_step": 2, "save_step": 100, "max_keep": 1, "eval_dataloaders": ["dev"]},
+        "optimizer": {**S3PRL_OPTIMIZERS[name], "lr": 5e-2},
+        "downstream_expert": {"datarc": {"num_workers": 0, "train_batch_size": 2, "eval_batch_size": 2},
+                              "modelrc": {"input_dim": 16}},
+    }
+    args = Namespace(mode="train", upstream="pruned_wavlm_local", upstream_ckpt=str(ckpt), upstream_model_config=None,
+                     upstream_refresh=False, upstream_trainable=True, upstream_feature_selection="hidden_states",
+                     upstream_layer_selection=None, upstream_feature_normalize=False, downstream="example",
+                     expdir=str(tmp_path / "exp"), init_ckpt=None, device="cpu", seed=1337, push_to_hf_hub=False,
+                     from_hf_hub=False, local_rank=None, evaluate_split="test", hub="torch", expname="x",
+                     upstream_model_name=None, upstream_revision=None, hf_hub_org="None")
+    Runner(args, config).train()
+    evaluations = checked[-4:]  # two evaluations (steps 2 and 4) of the 2 dev batches each
+    assert len(checked) >= 4 and all(worst <= 1e-6 for worst, _ in checked), [w for w, _ in checked]
+    assert not torch.equal(evaluations[0][1], evaluations[-1][1])  # the optimizer moved the weights in between
