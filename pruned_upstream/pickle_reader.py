@@ -169,7 +169,8 @@ class PickleReader:
             handler(self)
 
 
-def _key(value):
+def plain_key(value):
+    """`value` if it may be a dict key or a set member: a plain scalar, whose hash costs at most its length."""
     if not isinstance(value, SCALARS):
         raise Refused(f"a dict key or set member that is {short(value)}: only plain values are read")
     return value
@@ -180,7 +181,7 @@ def _setitems(self, items: list):
     if len(items) % 2:
         raise Refused("SETITEMS with an odd number of items (corrupt pickle)")
     for i in range(0, len(items), 2):
-        target[_key(items[i])] = items[i + 1]
+        target[plain_key(items[i])] = items[i + 1]
 
 
 def _string(self, n: int, encoding: str):
@@ -248,13 +249,13 @@ def _push_marked(build):
     return handler
 
 
-_frozenset = _push_marked(lambda items: frozenset(_key(v) for v in items))
+_frozenset = _push_marked(lambda items: frozenset(plain_key(v) for v in items))
 
 
 def _additems(self):
     items = self._pop_mark()
     target = self._top((set,))
-    target.update(_key(v) for v in items)
+    target.update(plain_key(v) for v in items)
 
 
 def _dict(self):

@@ -50,8 +50,7 @@ import torch
 from .errors import CheckpointError
 from .fairseq_pickle import NAMES, REFUSED_HINT, plain_record
 from .small_files import open_regular
-from .pickle_reader import SCALARS, Name, PickleReader, Record, Refused, short
-from .pickle_reader import _key as _key_of
+from .pickle_reader import SCALARS, Name, PickleReader, Record, Refused, plain_key, short
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001
@@ -81,8 +80,8 @@ class _TensorRef:
 class _Reading:
     """The state of reading one file: its mapping, storages, tensor references, refusals."""
 
-    def __init__(self, path: Path, buf, copy: bool):
-        self.path, self.buf, self.copy = path, buf, copy
+    def __init__(self, path: Path, buf, copy: bool, kind: str):
+        self.path, self.buf, self.copy, self.kind = path, buf, copy, kind
         self.storages: dict[str, _Storage] = {}
         self.refs: dict[tuple, _TensorRef] = {}
         self.ops = 0
@@ -93,13 +92,14 @@ class _Reading:
         try:
             value, pos = reader.load()
         except Refused as err:
-            text = str(err)
+            text, what = str(err), f"a torch {self.kind} checkpoint"
             if text.startswith("refused global"):
-                raise CheckpointError(self.path, f"{text}: loading it would run code the file names; {REFUSED_HINT}. "
+                raise CheckpointError(self.path, f"{text} in the pickle of {what}: loading it would run code the "
+                                      f"file names; {REFUSED_HINT}. "
                                       "If you trust the file, convert it once in a trusted session: "
                                       "ck = torch.load(path, weights_only=False); torch.save({'cfg': dict(ck['cfg']), "
                                       "'model': ck['model']}, 'converted.pt')") from None
-            raise CheckpointError(self.path, f"refused: {text}") from None
+            raise CheckpointError(self.path, f"refused: {text} (in the pickle of {what})") from None
         self.ops += reader.ops
         return value, pos
 
@@ -127,7 +127,7 @@ class _Reading:
         if kind == "defaultdict":
             return {}
         if kind == "set" and (not args or len(args) == 1 and isinstance(args[0], list)):
-            return {_key_of(v) for v in (args[0] if args else ())}
+            return {plain_key(v) for v in (args[0] if args else ())}
         if kind == "encode" and len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
             try:
                 return args[0].encode("latin-1")
@@ -286,7 +286,7 @@ def read_torch_file(path, mmap: bool = True):
             buf = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_COPY)
     except OSError as err:
         raise CheckpointError(path, f"cannot be read: {err.strerror or err}") from None
-    reading = _Reading(path, buf, copy=not mmap)
+    reading = _Reading(path, buf, copy=not mmap, kind="zip" if kind == "zip" else "legacy (pre-1.6)")
     obj = _read_zip(reading) if kind == "zip" else _read_legacy(reading)
     reading.check_overlaps()
     return reading.finish(obj)
