@@ -301,6 +301,18 @@ def test_every_opcode_against_every_admitted_name(tmp_path, trusted):
     _assert_still_trusted(trusted, before)
 
 
+def test_every_byte_as_an_opcode_after_every_admitted_name(tmp_path, trusted):
+    """All 256 byte values right after each admitted name and a marker payload (legacy container:
+    the cheaper one to write; the zip one is covered above), ~11,000 files."""
+    before, marker = _snapshot(), str(tmp_path / "marker")
+    payload = _str(marker) + _str("w") + b"\x86"
+    for i, key in enumerate(sorted(NAMES)):
+        for code in range(256):
+            _read_both(tmp_path, P + _global(*key) + payload + bytes([code]) + b".", f"o{i}_{code}", [legacy_file])
+    assert not os.path.exists(marker)
+    _assert_still_trusted(trusted, before)
+
+
 def _producers() -> list[bytes]:
     """Every kind of value the reader can hand out, as a pickle fragment that pushes one."""
     built = _global("argparse", "Namespace") + b")\x81}b"
