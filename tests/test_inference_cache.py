@@ -188,6 +188,7 @@ def test_an_ema_teacher_updated_through_data_in_eval_mode():
         assert_follows(teacher, "EMA through .data")
 
 
+@pytest.mark.slow  # s3prl's runner end to end (pyproject's markers)
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize("name", ["AdamW", "BertAdam", "Lamb"])
 def test_s3prl_runner_trains_our_upstream_and_evaluates_its_current_weights(tmp_path, monkeypatch, name):
