@@ -121,9 +121,9 @@ def _check_hf_counts(path: Path) -> None:
     config = _read_json(config_file)
     for key, value in config.items():
         if isinstance(value, list) and len(value) > _MAX_HF_COUNT:
-            raise CheckpointError(config_file, f"{key} lists {len(value):,} values (at most {_MAX_HF_COUNT:,})")
+            raise CheckpointError(config_file, f"{key[:100]} lists {len(value):,} values (at most {_MAX_HF_COUNT:,})")
         if key.startswith("num_") and isinstance(value, (int, float)) and not 0 <= value <= _MAX_HF_COUNT:
-            raise CheckpointError(config_file, f"{key} = {value} is outside 0..{_MAX_HF_COUNT:,}")
+            raise CheckpointError(config_file, f"{key[:100]} = {value} is outside 0..{_MAX_HF_COUNT:,}")
 
 
 # ---------------------------------------------------------------------------- our format

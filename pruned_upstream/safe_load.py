@@ -90,8 +90,9 @@ def checked_meta_model(factory: Callable[[], nn.Module], shapes: dict[str, tuple
     totals = f"(the architecture needs {_size(need)}; the file stores {_size(have)})"
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     if missing or unexpected:
+        unexpected = [k[:100] + "..." if len(k) > 100 else k for k in map(str, unexpected[:5])]  # the file's names
         raise CheckpointError(path, f"does not match its architecture: missing keys {missing[:5]}, "
-                                    f"unexpected keys {unexpected[:5]} {totals}")
+                                    f"unexpected keys {unexpected} {totals}")
     for name, shape in expected.items():
         if tuple(shapes[name]) != shape:
             raise CheckpointError(path, f"{name} has shape {tuple(shapes[name])}, the architecture needs {shape} "

@@ -440,3 +440,16 @@ def test_no_file_format_module_calls_a_loader_that_runs_code():
             if isinstance(node, ast.Import | ast.ImportFrom):
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not {"pickle", "tarfile", "dill", "joblib"} & set(modules), f"{name}.py imports {modules}"
+
+
+def test_messages_quote_a_files_names_and_values_only_briefly(tmp_path):
+    long = "k" * 1_000_000
+    state = {**WavLM(arch_from_release_cfg(release_cfg())).state_dict(), long: torch.zeros(1)}
+    torch.save({"cfg": release_cfg(), "model": state}, tmp_path / "long.pt")
+    with pytest.raises(CheckpointError, match="unexpected keys") as err:
+        load_model(tmp_path / "long.pt")
+    assert len(str(err.value)) < 2000
+    pkl = P + _global("x" * 200, "y" * 200) + b"."
+    with pytest.raises(CheckpointError, match="refused global x{60}\\.\\.\\.\\.y{60}") as err:
+        read_torch_file(zip_file(tmp_path / "name.pt", pkl))
+    assert len(str(err.value)) < 1000
