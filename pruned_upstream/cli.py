@@ -56,6 +56,12 @@ def _cmd_superb_step(args) -> int:
     return steps.dscore_root()
 
 
+def _cmd_submit(args) -> int:
+    from .commands.submit import submit_command
+
+    return submit_command(args.results_dir, args.out, args.allow_missing, args.upstream, args.run_dir)
+
+
 def _cmd_prune(args) -> int:
     from .training.run import run_prune
 
@@ -193,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("script_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_superb_all)
+
+    s = sub.add_parser("submit", help="the leaderboard's predict.zip and a model card from superb-all's results")
+    s.add_argument("results_dir", help="OUT_DIR of superb-all")
+    s.add_argument("--out", help="where predict.zip and model_card.* go (default RESULTS_DIR/submission)")
+    s.add_argument("--allow-missing", action="store_true", help="pack the entries present; list those left out")
+    s.add_argument("--upstream", help="the upstream file (default: the expdirs' upstream_ckpt)")
+    s.add_argument("--run-dir", help="the pruning run directory: its config.yaml and teacher go into the card")
+    s.set_defaults(func=_cmd_submit)
     _add_superb_steps(sub)
     return p
 

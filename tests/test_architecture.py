@@ -32,7 +32,7 @@ LAYERS = (
     ("file formats", 2, ("checkpoints", "safe_load", "families", "fairseq_pickle", "pickle_reader", "torch_files", "exporting", "run_dir", "macs", "s3prl_plugin.expert",
                          "s3prl_plugin.hubconf", "__init__")),
     ("measurements and data", 3, ("speed", "synthetic_pruning", "model_report", "analysis", "data",
-                                  "superb_data", "s3prl_plugin")),
+                                  "superb_data", "s3prl_plugin", "model_card")),
     ("training", 4, ("training",)),
     ("reports", 5, ("plots", "gpu_check")),
     ("command line and demo", 6, ("commands", "cli", "demo", "demo_superb", "demo_report")),
