@@ -24,7 +24,7 @@ from .model.depth import drop_layers as drop_model_layers
 from .model.dropout import rates_from_metadata, rates_metadata
 from .errors import CheckpointError
 from .model.wavlm import WavLM
-from .small_files import read_small_text
+from .small_files import open_regular, read_small_text
 from .safe_load import check_torch_file, checked_meta_model, materialise, read_safetensors, torch_load
 
 ARCH_KEY = "pruned_upstream_arch"
@@ -128,8 +128,9 @@ def _check_hf_counts(path: Path) -> None:
 
 # ---------------------------------------------------------------------------- our format
 def _is_safetensors(path: Path) -> bool:
-    """safetensors: an 8-byte little-endian header size, then a JSON header."""
-    with open(path, "rb") as f:
+    """safetensors: an 8-byte little-endian header size, then a JSON header. A FIFO or a device
+    (a link to /dev/zero) is refused here, before any reader opens it (small_files.open_regular)."""
+    with open_regular(path) as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
 

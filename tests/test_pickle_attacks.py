@@ -453,3 +453,15 @@ def test_messages_quote_a_files_names_and_values_only_briefly(tmp_path):
     with pytest.raises(CheckpointError, match="refused global x{60}\\.\\.\\.\\.y{60}") as err:
         read_torch_file(zip_file(tmp_path / "name.pt", pkl))
     assert len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize("kind", ["dev_zero", "fifo"])
+def test_a_model_file_that_is_not_regular_is_refused_at_once(tmp_path, kind):
+    path = tmp_path / "model.pt"
+    os.mkfifo(path) if kind == "fifo" else os.symlink("/dev/zero", path)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(_error_of(path)), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), f"model.pt as {kind} was read without end"
+    assert "model.pt: not a regular file" in result[0], result[0]
