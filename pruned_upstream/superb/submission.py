@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 import zipfile
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -249,6 +250,11 @@ def _copy_bounded(source: Path, sink) -> None:
             raise ValueError(f"{source} changed size while it was packed")
 
 
+def _stamp(source: Path) -> tuple:
+    """The file's modification time, as zip records it (local time, from 1980 on)."""
+    return max(time.localtime(os.lstat(source).st_mtime)[:6], (1980, 1, 1, 0, 0, 0))
+
+
 def write_predict_zip(plan: Plan, out: Path) -> list[str]:
     """Write predict.zip (through a temporary file, then renamed); its member names."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -262,7 +268,7 @@ def write_predict_zip(plan: Plan, out: Path) -> list[str]:
                     info.external_attr = (0o40755 << 16) | 0x10  # a directory, as zip stores one
                     archive.writestr(info, b"")
                     continue
-                info = zipfile.ZipInfo(name)
+                info = zipfile.ZipInfo(name, _stamp(source))
                 info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o100644 << 16
                 with archive.open(info, "w", force_zip64=True) as sink:
                     _copy_bounded(source, sink)
