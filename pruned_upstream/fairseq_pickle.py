@@ -21,7 +21,8 @@ says what our reader builds when the file applies it.
   scalars in the training state: `Record`s that keep the state the file gives them
   (BUILD, once); `plain_record` turns them into dicts, lists and values.
 - Builtin types and `typing.Any` (type references in omegaconf's metadata):
-  constants, kept as their name; applying one is refused.
+  constants, kept as their name; applying one is refused, except `bytes()`
+  (protocol 2 writes an empty bytes object so).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _RECORDS.update({(m, "scalar"): "opaque" for m in ("numpy.core.multiarray", "num
 _RECORDS[("numpy", "dtype")] = "opaque"
 
 _TYPES = [("builtins", n) for n in ("dict", "list", "str", "int", "float", "bool", "tuple", "bytes")]
-_TYPES += [("__builtin__", n) for n in ("dict", "list", "str", "int", "long", "float", "bool")] + [("typing", "Any")]
+_TYPES += [("__builtin__", n) for n in ("dict", "list", "str", "int", "long", "float", "bool", "tuple", "bytes")] + [("typing", "Any")]
 
 
 def _names() -> dict:

@@ -126,6 +126,8 @@ class _Reading:
             return _ordered(args)
         if kind == "defaultdict":
             return {}
+        if kind == "type" and name.dotted.endswith(".bytes") and not args:  # protocol 2's b"": bytes()
+            return b""
         if kind == "set" and (not args or len(args) == 1 and isinstance(args[0], list)):
             return {plain_key(v) for v in (args[0] if args else ())}
         if kind == "encode" and len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
@@ -212,7 +214,7 @@ class _Reading:
             if isinstance(value, _TensorRef):
                 return self.make(value)
             if isinstance(value, Name):
-                if value.kind == "type":
+                if value.kind in ("type", "set"):  # a type named as a value (omegaconf's metadata)
                     return value.dotted
                 raise CheckpointError(self.path, f"{value.dotted} stands in the data unapplied; refused")
             if isinstance(value, _Storage):
