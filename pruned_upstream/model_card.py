@@ -60,8 +60,11 @@ def upstream_facts(ckpt: str | None) -> dict:
     from .s3prl_plugin.expert import UpstreamExpert
 
     facts["sha256"] = sha256_of(path)
-    with torch.no_grad():
-        expert = UpstreamExpert(str(path))
+    try:
+        with torch.no_grad():
+            expert = UpstreamExpert(str(path))
+    except (ValueError, OSError, MemoryError) as err:  # CheckpointError included: the card says why
+        return {**facts, "note": f"not loadable ({' '.join(str(err).split())}): parameters and MACs not measured"}
     # s3prl hands the upstream expert to its runner whole: every one of its parameters counts
     facts["params"] = int(sum(p.numel() for p in expert.parameters()))
     macs = superb_macs(expert.model.arch, SUPERB_LENGTHS, leaderboard=True)

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,24 @@ def test_all_ten_tasks_run_complete_and_score(ten_tasks):
     assert set(model.metrics) == set(RANGES)
     assert is_our_mtwv(model.sources["QbE"]) and reported["qbe_scorer"] == "ours"
     assert "mean of folds fold1, fold2, fold3, fold4, fold5" in model.sources["ER"]
+    # `submit --allow-missing` on the real outputs (only ASR's LM decoding is not run), and s3prl's own
+    # submit.py, unchanged, on the directories the card names packs the same members with the same bytes
+    sub = out.parent / "submission"
+    proc = subprocess.run([sys.executable, "-m", "pruned_upstream.cli", "submit", str(out), "--allow-missing",
+                           "--out", str(sub)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads((sub / "model_card.json").read_text())
+    assert list(card["submission"]["missing"]) == ["asr_with_lm"], card["submission"]["missing"]
+    expdirs = [f"--{arg}={(sub / path).resolve()}" for arg, path in card["submission"]["expdirs"].items()]
+    theirs = subprocess.run([sys.executable, str(s3prl_root() / "submit" / "submit.py"), *expdirs, "--output_dir",
+                             str(out.parent / "s3prl_submission")], capture_output=True, text=True, timeout=300)
+    assert theirs.returncode == 0, theirs.stdout + theirs.stderr
+    zips = []
+    for path in (sub / "predict.zip", out.parent / "s3prl_submission" / "predict.zip"):
+        with zipfile.ZipFile(path) as z:
+            zips.append({info.filename: z.read(info) for info in z.infolist()})
+    assert zips[0] == zips[1] and len({name.split("/")[1] for name in zips[0] if name.count("/") >= 2}) == 14
+    assert card["metrics"] == pytest.approx(model.metrics)
 
 
 @pytest.mark.slow
