@@ -217,3 +217,10 @@ def test_the_card_measures_the_upstream_and_records_the_run(tmp_path):
     assert card["teacher"] == {"preset": "tiny", "seed": 3}
     assert card["pruning_config"]["prune"] == {"target_sparsity": 0.75}
     assert "parameters:" in (results / "submission" / "model_card.md").read_text()
+
+
+def test_asv_waits_for_every_checkpoint_to_be_tested(tmp_path):
+    results = make_results(tmp_path / "small")
+    (results / "ASV" / "states-80.ckpt").write_bytes(b"PK")  # saved, not tested yet
+    code, _, err = run_cli("submit", str(results))
+    assert code == 1 and "missing: --sv: " in err and "states-80.ckpt not tested yet" in err

@@ -177,6 +177,12 @@ def _asv(root: Path) -> Path:
     expdir = _expdir(root, "ASV")
     if expdir is None:
         raise ValueError("no ASV expdir")
+    steps = sorted(int(c.name[7:-5]) for c in expdir.glob("states-*.ckpt") if c.name[7:-5].isdigit())
+    tested = [n for n in steps if n % 20000 == 0] or steps  # run_superb.sh asv_ckpts, test_expdir.sh's list
+    untested = [n for n in tested if not _check_inside(root, expdir / f"states-{n}" / "log.txt", want_dir=False)]
+    if untested:
+        raise ValueError(f"{expdir}: states-{untested[0]}.ckpt not tested yet ({len(untested)} of {len(tested)} "
+                         "checkpoints untested); the lowest EER is taken over all of them")
     found = read_asv_eer(expdir)
     if found is None:
         raise ValueError(f"{expdir}: no tested checkpoint (no sv-voxceleb1/test-EER line)")
