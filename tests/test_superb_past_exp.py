@@ -105,4 +105,27 @@ def test_a_file_torch_cannot_read_safely_is_refused(tmp_path, capsys):
     ckpt = tmp_path / "states-1.ckpt"
     torch.save({"Args": args_of("asr"), "Config": asr_config(), "extra": Path("x")}, ckpt)  # a PosixPath global
     assert runner.run_superb(["-m", "evaluate", "-e", str(ckpt)]) == 2
-    assert "weights_only" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused global pathlib" in err[0] and str(ckpt) in err[0], err
+
+
+def test_torchscript_and_tar_checkpoints_are_refused_before_any_torch_loader(tmp_path, monkeypatch, capsys):
+    """-e reads the checkpoint with our reader, not torch.load: a TorchScript archive (torch.load hands it
+    to torch.jit.load) and a tar archive (torch's legacy loader extracts it) are refused in one line, and
+    torch.load is never called."""
+    import tarfile
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("torch.load was called on an untrusted checkpoint")
+
+    scripted = tmp_path / "states-2.ckpt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(scripted))
+    tarred = tmp_path / "states-3.ckpt"
+    with tarfile.open(tarred, "w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("\udc80" + "x" * 20))  # first byte 0x80, as a pickle's
+    assert tarred.read_bytes()[:1] == b"\x80"
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    for ckpt, words in ((scripted, "TorchScript"), (tarred, "tar archive")):
+        assert runner.run_superb(["-m", "evaluate", "-e", str(ckpt)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and str(ckpt) in err[0], err

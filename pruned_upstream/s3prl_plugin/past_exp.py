@@ -37,6 +37,9 @@ import re
 import sys
 from pathlib import Path
 
+from ..errors import CheckpointError
+from ..safe_load import torch_load
+
 EVAL_NAME_KEYS = frozenset({"select", "module", "agg_module", "utter_module", "ObjectiveLoss", "model_type",
                             "pooling", "pooling_name"})
 SPLIT = re.compile(r"[A-Za-z0-9_-]+")
@@ -122,11 +125,11 @@ def check_args_and_config(args, config, s3prl_root: Path) -> None:
     import s3prl.hub as hub
 
     namespace = type(args).__module__ == "argparse" and type(args).__name__ == "Namespace"  # (no argparse here)
-    if not namespace or not isinstance(config, dict):
+    if not (namespace or isinstance(args, dict)) or not isinstance(config, dict):
         raise PastExpError("its Args is not an argparse.Namespace or its Config not a dict")
-    _plain(vars(args), "Args")
+    fields = vars(args) if namespace else args  # our reader gives a Namespace's fields as a dict
+    _plain(fields, "Args")
     _plain(config, "Config")
-    fields = vars(args)
     upstream, downstream = fields.get("upstream"), fields.get("downstream")
     if not (isinstance(upstream, str) and NAME.fullmatch(upstream) and callable(getattr(hub, upstream, None))):
         raise PastExpError(f"Args.upstream {upstream!r} is not an upstream s3prl.hub has")
@@ -148,19 +151,12 @@ def check_args_and_config(args, config, s3prl_root: Path) -> None:
 def check_past_exp(ckpt: str | Path) -> None:
     """Refuse ``ckpt`` (PastExpError, one line) when the Args/Config s3prl would adopt from it fail the checks."""
     import s3prl
-    import torch
 
     path = Path(ckpt)
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # a legacy (non-zip) file cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PastExpError(f"-e {path}: not a checkpoint torch reads with weights_only=True ({first})") from None
+    try:  # our reader: no torch.load, so no TorchScript, tar extraction or code the file names
+        state = torch_load(path)
+    except CheckpointError as exc:
+        raise PastExpError(f"-e {exc}") from None
     if not isinstance(state, dict) or "Args" not in state or "Config" not in state:
         raise PastExpError(f"-e {path}: not an s3prl checkpoint (no Args and Config)")
     try:
