@@ -374,13 +374,16 @@ main() {
             [[ $QBE_LAYER_LIST =~ ^[0-9]+( [0-9]+)*$ ]] || die "QBE_LAYERS='${QBE_LAYERS:-}' is not a list of layer numbers (0,1,2)"
         fi
         if task_done "$t"; then note "$t: result present, skipped"; complete+=("$t"); continue; fi
+        # SUPERB_PART=score: score what is complete, run nothing; =tasks: run, leave the score to the caller
+        # (superb-all --jobs runs units in parallel, then scores once: pruned_upstream/commands/superb_jobs.py)
+        if [[ ${SUPERB_PART:-} == score ]]; then note "$t: not complete, not run (SUPERB_PART=score)"; continue; fi
         note "$t: start"
         set +e; ( set -e; run_task "$t" ); rc=$?; set -e
         if (( rc != 0 )); then note "$t: FAILED (exit $rc); rerun to resume"; failed+=("$t")
         elif [[ ${DRY_RUN:-0} == 1 ]] || task_done "$t"; then complete+=("$t")
         fi
     done
-    score_all "${complete[@]}"
+    [[ ${SUPERB_PART:-} == tasks ]] || score_all "${complete[@]}"
     note "complete: ${complete[*]:-none}; skipped (data not set): ${skipped[*]:-none}; failed: ${failed[*]:-none}"
     (( ${#failed[@]} == 0 ))
 }

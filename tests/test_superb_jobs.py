@@ -1,0 +1,159 @@
+"""`superb-all --jobs N` (commands/superb_jobs.py): units, GPUs, the scheduler, and a real run on small data.
+
+The fast tests drive the scheduler with a small bash stand-in for
+run_superb.sh; the slow one runs the real script on the small-data bundle,
+sequentially and with --jobs 2, and compares the results (docs/superb_small_data.md).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pruned_upstream import cli
+from pruned_upstream.commands.superb_all import split_options
+from pruned_upstream.commands.superb_jobs import (Scheduler, Unit, canonical_tasks, detect_gpus, plan_units,
+                                                  run_jobs, unit_state)
+
+# A stand-in for run_superb.sh CKPT OUT TASK: records when it ran and with which GPU; FAIL_<TASK>=1 fails;
+# a unit whose OUT/<TASK>.done exists says "result present", as the script does.
+FAKE = r"""#!/usr/bin/env bash
+set -eu
+out=$2; task=${3:-}
+if [[ ${SUPERB_PART:-} == score ]]; then echo "score ${*:3}" >> "$out/score_calls"; exit 0; fi
+name=$task; [[ $task == ER ]] && name=ER_$ER_FOLDS; [[ $task == QbE ]] && name=QbE_layer$QBE_LAYERS
+if [[ -f $out/$name.done ]]; then echo "[run_superb] $task: result present, skipped"; exit 0; fi
+echo "[run_superb] $task: start"
+echo "$name start $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$out/events"
+sleep 0.4
+echo "$name end $(date +%s.%N)" >> "$out/events"
+fail=FAIL_$task
+if [[ -n ${!fail:-} ]]; then echo "[run_superb] $task: FAILED (exit 1)"; exit 1; fi
+touch "$out/$name.done"
+"""
+
+
+@pytest.fixture
+def fake_script(tmp_path) -> Path:
+    path = tmp_path / "fake_run_superb.sh"
+    path.write_text(FAKE)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_options_are_taken_out_of_the_scripts_arguments():
+    assert split_options(["ck", "out", "KS"]) == (None, None, ["ck", "out", "KS"])
+    assert split_options(["--jobs", "3", "ck", "out", "--gpus=0,2", "ER"]) == (3, "0,2", ["ck", "out", "ER"])
+    assert split_options(["--jobs=2", "--", "--jobs", "out"]) == (2, None, ["--jobs", "out"])
+    for bad in (["--jobs", "0", "a", "b"], ["--jobs", "x"], ["a", "b", "--jobs"], ["--gpus", "0", "a", "b"]):
+        with pytest.raises(ValueError):
+            split_options(bad)
+
+
+def test_units_split_er_into_folds_and_qbe_into_layers():
+    assert canonical_tasks(["qbe", "KS", "ks"]) == ["QbE", "KS"]
+    assert canonical_tasks([])[0] == "PR" and len(canonical_tasks([])) == 10
+    with pytest.raises(ValueError, match="unknown task"):
+        canonical_tasks(["XX"])
+    units = plan_units(["KS", "ER", "QbE"], ["fold1", "fold3"], ["0", "2"])
+    assert [(u.name, u.task, u.env) for u in units] == [
+        ("KS", "KS", {}), ("ER_fold1", "ER", {"ER_FOLDS": "fold1"}), ("ER_fold3", "ER", {"ER_FOLDS": "fold3"}),
+        ("QbE_layer0", "QbE", {"QBE_LAYERS": "0"}), ("QbE_layer2", "QbE", {"QBE_LAYERS": "2"})]
+    assert [u.name for u in plan_units(["QbE"], [], None)] == ["QbE"]  # layers unknown: the script counts
+
+
+def test_gpus_from_the_option_the_environment_or_nvidia_smi(tmp_path):
+    assert detect_gpus("0, 2", {"CUDA_VISIBLE_DEVICES": "5"}) == ["0", "2"]
+    assert detect_gpus(None, {"CUDA_VISIBLE_DEVICES": "3,1"}) == ["3", "1"]
+    assert detect_gpus(None, {"CUDA_VISIBLE_DEVICES": ""}, nvidia_smi="/nonexistent") == []
+    assert detect_gpus(None, {"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
+    smi.chmod(0o755)
+    assert detect_gpus(None, {}, nvidia_smi=str(smi)) == ["0", "1"]
+    assert detect_gpus(None, {}, nvidia_smi="") == []  # no nvidia-smi: CPU
+    for bad in ("", "0;rm", "a,b"):
+        with pytest.raises(ValueError, match="--gpus"):
+            detect_gpus(bad, {})
+
+
+def test_unit_state_reads_what_the_unit_wrote():
+    assert unit_state(1, "[run_superb] KS: start\n") == "FAILED"
+    assert unit_state(0, "x\n[run_superb] KS: start\n") == "ran"
+    assert unit_state(0, "[run_superb] KS: result present, skipped\n") == "already complete"
+    assert unit_state(0, "[run_superb] skip KS: data not set: X\n") == "skipped (data not set)"
+
+
+def events(out: Path) -> list[list[str]]:
+    return [line.split() for line in (out / "events").read_text().splitlines()]
+
+
+def test_two_at_a_time_each_on_its_own_gpu_and_a_failure_stops_nothing(fake_script, tmp_path):
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    said = []
+    env = {**os.environ, "FAIL_IC": "1"}
+    sched = Scheduler(["bash", str(fake_script), "ck", str(out)], env, out / "logs", jobs=4, gpus=["7", "3"],
+                      say=lambda text, **_: said.append(text))
+    assert sched.jobs == 2 and "2 GPU(s)" in said[0]  # one unit per GPU
+    outcomes = sched.run(plan_units(["PR", "IC", "SID", "ASR"], [], None))
+    assert [(o.unit.name, o.state) for o in outcomes] == [("PR", "ran"), ("IC", "FAILED"), ("SID", "ran"),
+                                                          ("ASR", "ran")]
+    ev = events(out)
+    starts = {e[0]: (float(e[2]), e[3]) for e in ev if e[1] == "start"}
+    ends = {e[0]: float(e[2]) for e in ev if e[1] == "end"}
+    assert set(starts) == {"PR", "IC", "SID", "ASR"}  # IC failed, the units after it still ran
+    # never more than two at once, and two running units never share a GPU
+    for name, (begin, gpu) in starts.items():
+        running = [other for other, (b, g) in starts.items() if b <= begin < ends[other]]
+        assert len(running) <= 2 and len({starts[r][1] for r in running}) == len(running), (name, running)
+        assert gpu in ("7", "3")
+    assert any(starts[b][0] < ends[a] for a in starts for b in starts if a != b)  # some ran at the same time
+    assert any(t.endswith("start PR on GPU 7 (log " + str(out / "logs" / "PR.log") + ")")
+               or t.endswith("start PR on GPU 3 (log " + str(out / "logs" / "PR.log") + ")") for t in said)
+    assert any("end IC: FAILED (exit 1) in" in t for t in said)
+    assert "[run_superb] IC: FAILED" in (out / "logs" / "IC.log").read_text()
+
+
+def test_run_jobs_scores_once_names_the_failure_and_a_rerun_runs_only_it(fake_script, tmp_path, capsys):
+    ckpt, out = tmp_path / "up.pt", tmp_path / "out"
+    ckpt.write_bytes(b"x")
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "ER_FOLDS", "QBE_LAYERS")}
+    env.update({"CUDA_VISIBLE_DEVICES": "", "ER_FOLDS": "fold1 fold2", "QUESST14_ROOT": str(tmp_path),
+                "QBE_LAYERS": "0,1", "FAIL_ER": "1"})
+    code = run_jobs(fake_script, str(ckpt), str(out), ["KS", "ER", "QbE"], 2, None, env)
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "5 units, 2 at a time on CPU" in text
+    assert f"FAILED ER_fold1 (exit 1): {out / 'logs' / 'ER_fold1.log'}" in text
+    assert f"FAILED ER_fold2 (exit 1): {out / 'logs' / 'ER_fold2.log'}" in text
+    assert all(e[3] == "none" for e in events(out) if e[1] == "start")  # CPU: no GPU set
+    assert (out / "score_calls").read_text() == "score KS ER QbE\n"  # once, after every unit
+    del env["FAIL_ER"]
+    (out / "events").unlink()
+    assert run_jobs(fake_script, str(ckpt), str(out), ["KS", "ER", "QbE"], 2, None, env) == 0
+    assert sorted(e[0] for e in events(out) if e[1] == "start") == ["ER_fold1", "ER_fold2"]  # only the failed
+    text = capsys.readouterr().out
+    assert "end KS: already complete" in text and "2 ran, 3 already complete, 0 failed" in text
+    assert (out / "logs" / "ER_fold1.log").read_text().count("===== superb-all unit ER_fold1") == 2  # appended
+
+
+def test_the_command_line_passes_jobs_to_the_scheduler(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run_jobs(script, ckpt, out, tasks, jobs, gpus, env):
+        seen.update(script=script.name, ckpt=ckpt, out=out, tasks=tasks, jobs=jobs, gpus=gpus)
+        return 0
+
+    import pruned_upstream.commands.superb_jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "run_jobs", fake_run_jobs)
+    assert cli.main(["superb-all", "--jobs", "2", "--gpus", "0,1", "ck.pt", "out", "KS"]) == 0
+    assert seen == {"script": "run_superb.sh", "ckpt": "ck.pt", "out": "out", "tasks": ["KS"], "jobs": 2,
+                    "gpus": "0,1"}
+    assert cli.main(["superb-all", "--jobs", "2", "ck.pt"]) == 1  # usage: one line, exit 1
