@@ -146,7 +146,8 @@ expdir_done() {  # TASK EXPDIR: does EXPDIR hold the metric the score reads?
     case $task in
         KS|IC|SID|ER) has_line "$dir/log.log" '^test at step 0: [^[:space:]]+$' ;;
         PR) has_line "$dir/stdout.log" '^test per: ' ;;
-        ASR) has_line "$dir/stdout.log" '^test-clean wer: ' ;;
+        ASR) has_line "$dir/stdout.log" '^test-clean wer: ' && { [[ -z ${ASR_KENLM_MODEL:-} ]] \
+                || [[ -f $dir/test-clean-LM-hyp.ark ]]; } ;;  # with an LM: its test too (test_asr_lm)
         SF) has_line "$dir/stdout.log" '^test slot_type_f1: ' && has_line "$dir/stdout.log" '^test slot_value_cer: ' ;;
         QbE) has_line "$dir/score_twv.log" 'actTWV:.*maxTWV:' || has_line "$dir/score_twv_ours.log" 'actTWV:.*maxTWV:' ;;
         ASV) [[ -f $dir/train.done ]] && [[ -z $(asv_pending "$dir") ]] \
@@ -198,7 +199,7 @@ train() {  # TASK EXPDIR [extra override]: fresh, resumed from the last states-N
     [[ ${DRY_RUN:-0} == 1 ]] || touch "$dir/train.done"
 }
 
-test_best() {  # TASK EXPDIR: -m evaluate the dev-picked checkpoint on the test split
+test_best() {  # TASK EXPDIR [override]: -m evaluate the dev-picked checkpoint on the test split
     local task=$1 dir=$2 ckpt=$2/${BEST_CKPT[$1]} last
     if [[ ${DRY_RUN:-0} != 1 && ! -f $ckpt ]]; then
         # s3prl saves it only when dev beats the expert's initial best (e.g. accuracy > 0),
@@ -208,8 +209,39 @@ test_best() {  # TASK EXPDIR: -m evaluate the dev-picked checkpoint on the test 
         note "$task: WARNING: no ${BEST_CKPT[$task]} (dev never improved on the expert's initial best); testing $last"
         ckpt=$last
     fi
-    set_o "$(eval_override "$task")"
+    set_o "$(join_overrides "${3:-}" "$(eval_override "$task")")"
     cli superb -m evaluate -e "$ckpt" -t "${TEST_SPLIT[$task]}" "${O[@]}"
+}
+
+# ASR with a language model (s3prl superb.md "Testing with KenLM"): ASR_KENLM_MODEL (an ARPA or KenLM
+# binary file; LibriSpeech's 4-gram.arpa.gz for real data) and ASR_LEXICON (fairseq's
+# librispeech_lexicon.lst layout) decode the same checkpoint again through flashlight-text. Its expdir is
+# EXPDIR/LM, so that EXPDIR/stdout.log's last `test-clean wer:` stays the no-LM score SUPERB ranks; its
+# hypotheses are copied up to EXPDIR/test-clean-LM-hyp.ark, where s3prl's submit.py takes asr_with_lm from.
+test_asr_lm() {  # EXPDIR
+    local dir=$1 lm=$1/LM var path
+    for var in ASR_KENLM_MODEL ASR_LEXICON; do
+        path=${!var:-}
+        [[ -n $path && -f $path ]] || { echo "ASR: $var='$path' is not a file (both ASR_KENLM_MODEL and ASR_LEXICON are needed)" >&2; return 1; }
+        "$PYTHON" -c 'import os, sys; os.fsencode(sys.argv[1]).decode("utf-8")' "$path" 2>/dev/null \
+            || { echo "ASR: $var is not valid UTF-8 text" >&2; return 1; }
+    done
+    local args=config.downstream_expert.datarc.decoder_args
+    # unk_weight: s3prl's expert.py eval()s the config's string '-math.inf' where math is not imported (a
+    # NameError); -o's own eval (utility/helper.py imports math) makes it a float first
+    test_best ASR "$dir" "$(join_overrides "args.expdir=$(s3prl_str "$lm")" "$args.decoder_type='kenlm'" \
+        "$args.kenlm_model=$(s3prl_str "$(realpath -- "$ASR_KENLM_MODEL")")" \
+        "$args.lexicon=$(s3prl_str "$(realpath -- "$ASR_LEXICON")")" "$args.unk_weight=-math.inf")"
+    run cp -- "$lm/test-clean-LM-hyp.ark" "$dir/test-clean-LM-hyp.ark"
+}
+
+run_asr() {
+    local dir=$OUT/ASR
+    if ! has_line "$dir/stdout.log" '^test-clean wer: ' && [[ ! -f $dir/superb_result.json ]]; then
+        train ASR "$dir"
+        test_best ASR "$dir"
+    fi
+    [[ -z ${ASR_KENLM_MODEL:-} ]] || test_asr_lm "$dir"
 }
 
 run_standard() {  # PR KS IC SID ASR SF, and each ER fold
@@ -299,6 +331,7 @@ run_task() {
         QbE) run_qbe ;;
         ASV) run_asv ;;
         SD) run_sd ;;
+        ASR) run_asr ;;
         *) run_standard "$1" "$OUT/$1" ;;
     esac
 }

@@ -156,3 +156,102 @@ def test_a_longer_run_beats_s3prl_initial_best_and_writes_dev_clean_best(corpus,
     dev, test = printed(expdir, "dev-clean wer"), printed(expdir, "test-clean wer")
     print(f"dev-clean wer per 50 steps: {dev}; test-clean wer of dev-clean-best.ckpt: {test}")
     assert min(dev) < 100
+
+
+# ------------------------------------------------------------------ ASR with a language model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_superb.sh"
+
+
+def test_small_data_writes_an_lm_of_the_training_text_and_a_letter_lexicon(corpus):
+    from pruned_upstream.superb_data.arpa import NGramModel
+
+    train = list(corpus.transcripts("train-clean-100").values())
+    model = NGramModel([t.split() for t in train], order=3)
+    assert corpus.lm.read_text() == model.arpa_text()  # the training transcripts only
+    lexicon = dict(line.split("\t") for line in corpus.lm_lexicon.read_text().splitlines())
+    words = {w for split in DEFAULT_SPLITS for t in corpus.transcripts(split).values() for w in t.split()}
+    assert set(lexicon) == words and all(lexicon[w] == " ".join(w) + " |" for w in words)
+
+
+def lm_env(tmp_path: Path, model: Path, lexicon: Path) -> dict:
+    import os
+
+    return {"PATH": os.environ["PATH"], "DRY_RUN": "1", "PRUNED_UPSTREAM": "pruned-upstream", "PYTHON": sys.executable,
+            "LIBRISPEECH_ROOT": str(tmp_path), "LIBRISPEECH_BUCKET_DIR": str(tmp_path),
+            "ASR_KENLM_MODEL": str(model), "ASR_LEXICON": str(lexicon)}
+
+
+def test_lm_paths_reach_s3prl_as_one_string_each(tmp_path, monkeypatch):
+    """A hostile LM path (quote, ',,', '=', code) goes into -o as a literal s3prl's own parser keeps whole."""
+    import argparse
+
+    from s3prl.utility.helper import override as s3prl_override
+
+    folder = tmp_path / "x',,config.a=__import__('os').system('touch MARKER')#"
+    folder.mkdir()
+    model, lexicon = folder / "lm.arpa", folder / "lex'=.txt"
+    model.write_text("x"), lexicon.write_text("x")
+    (tmp_path / "ck.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "ck.pt"), str(tmp_path / "out"), "ASR"],
+                          env=lm_env(tmp_path, model, lexicon), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import shlex
+    runs = [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    evaluate = [r for r in runs if r[1:4] == ["superb", "-m", "evaluate"]]
+    assert len(evaluate) == 2 and "-o" not in evaluate[0]  # no LM, then with the LM
+    args, config = argparse.Namespace(), {}
+    s3prl_override(evaluate[1][evaluate[1].index("-o") + 1], args, config)
+    decoder = config["downstream_expert"]["datarc"]["decoder_args"]
+    assert decoder == {"decoder_type": "kenlm", "kenlm_model": str(model), "lexicon": str(lexicon),
+                       "unk_weight": -math.inf}
+    assert vars(args) == {"expdir": str(tmp_path / "out" / "ASR" / "LM")} and list(config) == ["downstream_expert"]
+    assert not (tmp_path / "MARKER").exists()
+    assert ["cp", "--", str(tmp_path / "out/ASR/LM/test-clean-LM-hyp.ark"),
+            str(tmp_path / "out/ASR/test-clean-LM-hyp.ark")] in runs
+
+
+def test_a_missing_lexicon_fails_the_lm_test(tmp_path):
+    (tmp_path / "ck.pt").write_bytes(b"x")
+    (tmp_path / "lm.arpa").write_text("x")
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "ck.pt"), str(tmp_path / "out"), "ASR"],
+                          env=lm_env(tmp_path, tmp_path / "lm.arpa", tmp_path / "none.txt"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "ASR_LEXICON" in proc.stderr and "failed: ASR" in proc.stdout
+
+
+@pytest.mark.slow
+def test_lm_test_writes_its_hypotheses_and_submit_packs_them(run, corpus, tmp_path):
+    """run_superb.sh's test_asr_lm on the trained small run, then `submit`'s plan takes asr_with_lm."""
+    import shutil
+    import zipfile
+
+    from pruned_upstream.superb.submission import plan_submission, write_predict_zip
+
+    expdir, _, _ = run
+    results = tmp_path / "results"
+    shutil.copytree(expdir, results / "ASR")
+    no_lm = printed(results / "ASR", "test-clean wer")
+    script = (f"source {shlex_quote(SCRIPT)}; CLI=({shlex_quote(sys.executable)} -m pruned_upstream.cli); "
+              f"PYTHON={shlex_quote(sys.executable)}; OUT={shlex_quote(results)}; test_asr_lm \"$OUT/ASR\"")
+    env = {**__import__("os").environ, "ASR_KENLM_MODEL": str(corpus.lm), "ASR_LEXICON": str(corpus.lm_lexicon)}
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hyps = (results / "ASR" / "test-clean-LM-hyp.ark").read_text().splitlines()
+    assert {line.split(" ", 1)[0] for line in hyps} == set(corpus.transcripts("test-clean"))
+    lm_words = {line.split("\t")[0] for line in corpus.lm_lexicon.read_text().splitlines()}
+    assert all(w in lm_words for line in hyps for w in line.split()[1:])  # lexicon-constrained decoding
+    assert printed(results / "ASR", "test-clean wer") == no_lm  # the no-LM score is what `score` still reads
+    assert len(printed(results / "ASR" / "LM", "test-clean wer")) == 1
+    plan = plan_submission(results)
+    assert "asr_with_lm" in plan.entries and "asr_no_lm" in plan.entries
+    write_predict_zip(plan, tmp_path / "predict.zip")
+    with zipfile.ZipFile(tmp_path / "predict.zip") as archive:
+        assert archive.read("predict/asr_lm_public/predict.ark").decode().splitlines() == hyps
+
+
+def shlex_quote(value) -> str:
+    import shlex
+
+    return shlex.quote(str(value))

@@ -223,7 +223,7 @@ def plan_submission(results_dir) -> Plan:
         except (ValueError, CheckpointError, OSError) as err:
             reason = " ".join(str(err).split())
             if arg == "asr_with_lm":
-                reason += " (LM decoding is not run by superb-all yet: docs/submission.md)"
+                reason += " (LM decoding runs when ASR_KENLM_MODEL and ASR_LEXICON are set: docs/tasks/asr.md)"
             plan.missing[arg] = reason
             continue
         plan.entries[arg] = entry

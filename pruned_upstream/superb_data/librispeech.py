@@ -27,6 +27,8 @@ huggingface.co/datasets/s3prl/g2p); :func:`write_lexicon` writes a lexicon of
 our words instead, from espeak-ng's own pronunciation (the en-us voice, the
 same program that speaks the audio) mapped from IPA to ARPAbet by
 :func:`ipa_to_arpabet`. Pass it with ``-o config.downstream_expert.corpus.lexicon=['<file>']``.
+ASR's LM decoding (s3prl superb.md: LibriSpeech's 4-gram.arpa.gz and fairseq's letter lexicon)
+uses :func:`write_asr_lm`'s small stand-ins instead (docs/tasks/asr.md).
 """
 
 from __future__ import annotations
@@ -196,6 +198,8 @@ class SmallLibriSpeech:
     bucket_dir: Path  # ASR's bucket_file: <split>.csv tables
     lexicon: Path  # PR's corpus.lexicon entry
     splits: tuple[str, ...]
+    lm: Path | None = None  # ASR's decoder_args.kenlm_model: a word 3-gram of the training transcripts
+    lm_lexicon: Path | None = None  # ASR's decoder_args.lexicon: WORD<TAB>W O R D |
 
     def transcripts(self, split: str) -> dict[str, str]:
         """Utterance id -> text of a split, read back from its ``trans.txt`` files."""
@@ -206,7 +210,8 @@ class SmallLibriSpeech:
 
 def build_librispeech(out: str | os.PathLike, splits: tuple[str, ...] = DEFAULT_SPLITS,
                       per_reader: int | dict[str, int] = 3, seed: int = 0) -> SmallLibriSpeech:
-    """Write ``out/LibriSpeech/<split>/...``, ``out/len_for_bucket/<split>.csv`` and ``out/lexicon.txt``.
+    """Write ``out/LibriSpeech/<split>/...``, ``out/len_for_bucket/<split>.csv``, ``out/lexicon.txt``
+    and, with the training split, ASR's language model ``out/lm.arpa`` and ``out/lm_lexicon.txt``.
 
     ``per_reader``: utterances per speaker (a number, or one per split).
     Deterministic given ``seed``.
@@ -220,7 +225,27 @@ def build_librispeech(out: str | os.PathLike, splits: tuple[str, ...] = DEFAULT_
     words = [w for split in splits for f in (root / split).rglob("*.trans.txt")
              for line in f.read_text().splitlines() for w in line.split()[1:]]
     lexicon = write_lexicon(out / "lexicon.txt", words)
-    return SmallLibriSpeech(root, bucket_dir, lexicon, tuple(splits))
+    lm, lm_lexicon = write_asr_lm(out, root, splits)
+    return SmallLibriSpeech(root, bucket_dir, lexicon, tuple(splits), lm, lm_lexicon)
+
+
+LM_SPLIT = "train-clean-100"  # the LM's text: training transcripts only (test-clean's sentences may differ)
+
+
+def write_asr_lm(out: Path, root: Path, splits) -> tuple[Path | None, Path | None]:
+    """``out/lm.arpa`` (a word 3-gram of the training transcripts, superb_data/arpa.py) and
+    ``out/lm_lexicon.txt`` (every word of every split spelled in char.dict's letters), for s3prl's
+    KenLM decoding of ASR; (None, None) without the training split."""
+    from pruned_upstream.superb_data.arpa import write_arpa, write_letter_lexicon
+
+    if LM_SPLIT not in splits:
+        return None, None
+    train = [line.split()[1:] for f in sorted((root / LM_SPLIT).rglob("*.trans.txt"))
+             for line in f.read_text().splitlines()]
+    every = [w for split in splits for f in (root / split).rglob("*.trans.txt")
+             for line in f.read_text().splitlines() for w in line.split()[1:]]
+    write_arpa(out / "lm.arpa", train, order=3)
+    return out / "lm.arpa", write_letter_lexicon(out / "lm_lexicon.txt", every)
 
 
 def write_len_for_bucket(libri_root: str | os.PathLike, output_path: str | os.PathLike, splits: tuple[str, ...],
