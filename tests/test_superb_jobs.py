@@ -8,6 +8,7 @@ sequentially and with --jobs 2, and compares the results (docs/superb_small_data
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 import time
@@ -157,3 +158,78 @@ def test_the_command_line_passes_jobs_to_the_scheduler(monkeypatch, tmp_path):
     assert seen == {"script": "run_superb.sh", "ckpt": "ck.pt", "out": "out", "tasks": ["KS"], "jobs": 2,
                     "gpus": "0,1"}
     assert cli.main(["superb-all", "--jobs", "2", "ck.pt"]) == 1  # usage: one line, exit 1
+
+
+# ---------------------------------------------------------------- the real script on small data
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_superb.sh"
+REAL_TASKS = ["KS", "ER", "QbE"]  # one task, two ER folds, two QbE layers: 5 units, a few minutes at most
+OUTPUTS = ("predict", "truth", ".stdlist.xml", "hyp", "result")  # what a unit predicts or concludes
+
+
+def stdlist_terms(path: Path) -> set[tuple]:
+    """QbE's detections as a set: s3prl's quesst14_dtw/expert.py appends DTW scores in `as_completed` order
+    (a process pool), so the order of the XML's lists and terms changes from run to run, sequential or not."""
+    import xml.etree.ElementTree as ET
+
+    return {(tl.get("termid"), t.get("file"), t.get("score"), t.get("decision"))
+            for tl in ET.parse(path).getroot() for t in tl}
+
+
+def outputs(out: Path) -> dict[str, object]:
+    """The prediction and result files under OUT's expdirs, by path relative to OUT (bytes; QbE: terms)."""
+    return {str(p.relative_to(out)): stdlist_terms(p) if p.name.endswith(".stdlist.xml") else p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and "logs" not in p.parts and any(k in p.name for k in OUTPUTS)}
+
+
+@pytest.mark.slow
+def test_jobs_2_equals_the_sequential_run_and_a_failed_unit_is_rerun_alone(tmp_path):
+    import json
+    import subprocess
+
+    from s3prl_fixtures import make_tiny_wavlm
+
+    from pruned_upstream.demo_superb import fork_server
+    from pruned_upstream.superb_data.bundle import make_small_superb, run_env
+
+    bundle = make_small_superb(tmp_path / "data", seed=0, steps=4)
+    ckpt = make_tiny_wavlm(tmp_path / "tiny.pt")
+    knobs = ("DRY_RUN", "STEPS_OVERRIDE", "QBE_LAYERS", "ER_FOLDS", "MODEL_NAME", "SUPERB_", "PRUNED_UPSTREAM",
+             "PYTHON", "CUDA_VISIBLE_DEVICES")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(knobs)}
+    seq, par = tmp_path / "seq" / "small", tmp_path / "par" / "small"
+    times = {}
+    with fork_server(tmp_path) as server:
+        env = run_env(bundle, {"PYTHON": sys.executable, "ER_FOLDS": "fold1 fold2", "QBE_LAYERS": "0,2",
+                               "CUDA_VISIBLE_DEVICES": "", "MODEL_NAME": "small",
+                               "PRUNED_UPSTREAM": f"{sys.executable} -m pruned_upstream.commands.fork_client",
+                               "PRUNED_UPSTREAM_FORK_SERVER": server}, base=base)
+        start = time.perf_counter()
+        proc = subprocess.run(["bash", str(SCRIPT), str(ckpt), str(seq), *REAL_TASKS], env=env, text=True,
+                              capture_output=True, timeout=900)
+        times["sequential"] = time.perf_counter() - start
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        # --jobs 2, plus SF whose data root is missing: it fails, the others complete and are scored
+        broken = {**env, "SNIPS_ROOT": str(tmp_path / "no_such_snips")}
+        cmd = [sys.executable, "-m", "pruned_upstream.cli", "superb-all", "--jobs", "2", str(ckpt), str(par)]
+        start = time.perf_counter()
+        first = subprocess.run([*cmd, *REAL_TASKS, "SF"], env=broken, text=True, capture_output=True, timeout=900)
+        times["jobs_2"] = time.perf_counter() - start
+        assert first.returncode == 1, first.stdout[-4000:] + first.stderr[-2000:]
+        assert f"[superb-all] FAILED SF (exit 1): {par / 'logs' / 'SF.log'}" in first.stdout
+        assert "6 units, 2 at a time on CPU" in first.stdout and "5 ran, 0 already complete, 1 failed" in first.stdout
+        assert json.loads((par / "superb_score.json").read_text()) == json.loads((seq / "superb_score.json")
+                                                                                    .read_text())
+        ours, theirs = outputs(par), outputs(seq)
+        assert ours == theirs and len(ours) >= 10, sorted(set(ours) ^ set(theirs))
+        start = time.perf_counter()
+        second = subprocess.run([*cmd, *REAL_TASKS, "SF"], env=env, text=True, capture_output=True, timeout=900)
+        times["rerun"] = time.perf_counter() - start
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert "1 ran, 5 already complete, 0 failed" in second.stdout, second.stdout
+    assert re.search(r"end SF: ran in", second.stdout) and not re.search(r"end (KS|ER_\w+|QbE_\w+): ran", second.stdout)
+    [score] = json.loads((par / "superb_score.json").read_text())
+    assert "SF" in score["points"] and set(score["points"]) >= {"KS", "ER", "QbE"}
+    print(f"\nwall seconds: sequential {times['sequential']:.1f}, --jobs 2 {times['jobs_2']:.1f} "
+          f"(+ a failing SF unit), rerun of SF alone {times['rerun']:.1f}")
