@@ -102,4 +102,20 @@ def superb_section(superb) -> list[str]:
     if superb.unavailable:
         lines += ["", "Tasks that could not run here, and how to get them:", ""]
         lines += [f"- {task}: {why}" for task, why in superb.unavailable.items()]
-    return lines
+    return lines + submission_section(superb)
+
+
+def submission_section(superb) -> list[str]:
+    """The pruned upstream's leaderboard submission: where predict.zip is, and its model card, shown."""
+    card = getattr(superb, "submission", None)
+    note = getattr(superb, "submission_note", "")
+    lines = ["", "## Leaderboard submission (pruned upstream)", ""]
+    if card is None:
+        return lines + [f"No predict.zip was written: {note or 'the pruned upstream has no result'}."]
+    lines += [f"`pruned-upstream submit` packed `{card.parent / 'predict.zip'}` (s3prl's submit.py layout, "
+              "docs/submission.md) and wrote this card beside it. Small data and a reduced protocol: a "
+              "rehearsal of the submission, not one to upload."]
+    if note:
+        lines += ["", f"Left out: {note}"]
+    body = card.read_text().splitlines()
+    return lines + [""] + [("##" + line) if line.startswith("#") else line for line in body]

@@ -4,9 +4,14 @@
 
 The tasks run through the shipped `run_superb.sh` (the same script users run on
 the real corpora) with the small data of `superb_data.bundle` and a reduced
-protocol (`REDUCED`): few training steps, IEMOCAP's first fold only, two QbE
-layers, one ASV checkpoint. A task whose needs are missing here (s3prl's source
-tree, dscore) is named with what would provide it, and the others still run.
+protocol (`REDUCED`): few training steps, two QbE layers, two ASV checkpoints.
+What the leaderboard's submission needs is run as SUPERB runs it: IEMOCAP's five
+folds, ASV's lowest-EER checkpoint among those saved, ASR tested again with a
+language model (the small data's word 3-gram, superb_data/arpa.py); the pruned
+upstream's results end in `superb/pruned/submission/predict.zip` and its model
+card (`pruned-upstream submit`, docs/submission.md). A task whose needs are
+missing here (s3prl's source tree, dscore) is named with what would provide it,
+and the others still run.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ LEARNABLE = {"KS": (1000, 1e-2, 64), "IC": (1000, 1e-2, 64), "SID": (300, 1e-2, 
 # Chance accuracy (%) of the small data's test sets: 1 / classes (docs/superb_small_data.md).
 CHANCE = {"KS": 100 / 12, "IC": 100 / 10, "SID": 100 / 6, "ER": 100 / 4}
 REDUCED = ("every task trains {steps} steps (SUPERB: 20k to 200k) except KS and IC (1000 steps, lr 1e-2, "
-           "projector 64) and SID and ER (300 steps, lr 1e-2 and 1e-3); ER runs IEMOCAP's first fold only "
-           "(SUPERB: the mean of five); QbE runs the first and the last hidden state (SUPERB: every layer, "
-           "the best by dev MTWV); ASV tests its one saved checkpoint (SUPERB: every 20k steps, the lowest "
-           "EER); SD scores s3prl's full score.sh grid; QbE uses our MTWV (no official scorer in small data)")
+           "projector 64) and SID and ER (300 steps, lr 1e-2 and 1e-3); ER runs IEMOCAP's five folds, as "
+           "SUPERB does; QbE runs the first and the last hidden state (SUPERB: every layer, "
+           "the best by dev MTWV); ASV saves two checkpoints and keeps the lower test EER (SUPERB: every 20k "
+           "steps, the lowest EER); ASR is tested without and with a language model (the small data's word "
+           "3-gram; SUPERB: LibriSpeech's official 4-gram); SD scores s3prl's full score.sh grid; QbE uses our "
+           "MTWV (no official scorer in small data)")
+SUBMITTED = "pruned"  # the upstream whose results the demo packs as a leaderboard submission
 
 
 @dataclasses.dataclass
@@ -47,6 +55,8 @@ class TenTasks:
     unavailable: dict[str, str]  # task -> why, and how to get it
     seconds: dict[str, float]  # upstream -> wall time of its ten tasks
     protocol: str
+    submission: Path | None = None  # superb/pruned/submission/model_card.md, when `submit` wrote one
+    submission_note: str = ""  # what `submit` left out, or why it wrote nothing
 
 
 def unavailable_tasks(bundle) -> dict[str, str]:
@@ -103,9 +113,14 @@ def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe
         longer += [f"config.downstream_expert.modelrc.projector_dim={projector}"] if projector else []
         bundle = dataclasses.replace(bundle, overrides={**bundle.overrides,
                                                         task: ",,".join([bundle.overrides[task], *longer])})
+    asv = [f"config.runner.save_step={max(1, bundle.steps // 2)}"]  # two checkpoints: a real lowest-EER choice
+    bundle = dataclasses.replace(bundle, overrides={**bundle.overrides, "ASV": ",,".join([bundle.overrides["ASV"], *asv])})
     client = "pruned_upstream.commands.fork_client" if server else "pruned_upstream.cli"
+    librispeech = bundle.root / "librispeech"
     env = run_env(bundle, {"PRUNED_UPSTREAM": f"{sys.executable} -m {client}", "PYTHON": sys.executable,
-                           "MODEL_NAME": name, "ER_FOLDS": "fold1", "QBE_LAYERS": qbe_layers})
+                           "MODEL_NAME": name, "ER_FOLDS": "fold1 fold2 fold3 fold4 fold5", "QBE_LAYERS": qbe_layers,
+                           "ASR_KENLM_MODEL": str(librispeech / "lm.arpa"),
+                           "ASR_LEXICON": str(librispeech / "lm_lexicon.txt")})
     if server:
         env["PRUNED_UPSTREAM_FORK_SERVER"] = server
     if configured_dscore():
@@ -117,6 +132,23 @@ def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe
         print(f"demo: some SUPERB task of the {name} upstream failed (exit {proc.returncode}); "
               f"the table shows what completed, {out}/*/stdout.log says why", flush=True)
     return time.perf_counter() - start
+
+
+def write_submission(results: Path, upstream: Path) -> tuple[Path | None, str]:
+    """`pruned-upstream submit RESULTS --allow-missing --upstream CKPT`: predict.zip and the model card."""
+    import io
+
+    from .commands.submit import submit_command
+
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            code = submit_command(str(results), allow_missing=True, upstream=str(upstream))
+    except (ValueError, OSError) as err:  # submission.Refused is a ValueError
+        return None, f"no submission: {' '.join(str(err).split())}"
+    left = [line for line in errors.getvalue().splitlines() if line.startswith("left out: ")]
+    card = results / "submission" / "model_card.md"
+    return (card if code == 0 and card.is_file() else None), "; ".join(left)
 
 
 def hidden_states(ckpt: Path) -> int:
@@ -151,4 +183,8 @@ def ten_tasks(out: Path, upstreams: dict[str, Path], quick: bool) -> TenTasks:
             rows[name] = json.loads(to_json(score_models(models, "paper", allow_missing=True)))[0]
             metrics[name] = dict(models[0].metrics)
     (out / "superb_score.json").write_text(json.dumps(list(rows.values())) + "\n")
-    return TenTasks(rows, metrics, unavailable, seconds, REDUCED.format(steps=steps))
+    card, note = None, "no submission: the pruned upstream ran no task"
+    if SUBMITTED in upstreams and (out / "superb" / SUBMITTED).is_dir():
+        card, note = write_submission(out / "superb" / SUBMITTED, upstreams[SUBMITTED])
+        print(f"demo: submission {card.parent / 'predict.zip' if card else '(none)'} {note}", flush=True)
+    return TenTasks(rows, metrics, unavailable, seconds, REDUCED.format(steps=steps), card, note)

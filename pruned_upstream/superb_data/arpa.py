@@ -5,7 +5,7 @@ s3prl 0.4.18 decodes ASR with a language model through flashlight's Python bindi
 loads an ARPA (or KenLM binary) file and ``load_words(lexicon)`` reads one word a line followed
 by its spelling in the ASR tokens (``downstream/asr/char.dict``: upper-case letters, ``'`` and
 ``|`` as the word boundary), e.g. ``HELLO\\tH E L L O |`` as in fairseq's
-``librispeech_lexicon.lst``. For real data s3prl's ``docs/superb.md`` names LibriSpeech's
+``librispeech_lexicon.lst``. For real data s3prl's ``downstream/docs/superb.md`` names LibriSpeech's
 official ``4-gram.arpa.gz`` (openslr.org/11) and that lexicon; the small data here writes its
 own model from the training transcripts with :func:`write_arpa`.
 
