@@ -233,3 +233,21 @@ def test_jobs_2_equals_the_sequential_run_and_a_failed_unit_is_rerun_alone(tmp_p
     assert "SF" in score["points"] and set(score["points"]) >= {"KS", "ER", "QbE"}
     print(f"\nwall seconds: sequential {times['sequential']:.1f}, --jobs 2 {times['jobs_2']:.1f} "
           f"(+ a failing SF unit), rerun of SF alone {times['rerun']:.1f}")
+
+
+def test_logs_are_never_written_through_a_symlink(fake_script, tmp_path):
+    ckpt, out, target = tmp_path / "up.pt", tmp_path / "out", tmp_path / "elsewhere"
+    ckpt.write_bytes(b"x")
+    target.mkdir()
+    out.mkdir()
+    (out / "logs").symlink_to(target)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    with pytest.raises(ValueError, match="symlink"):
+        run_jobs(fake_script, str(ckpt), str(out), ["KS"], 1, None, env)
+    (out / "logs").unlink()
+    (out / "logs").mkdir()
+    (out / "logs" / "KS.log").symlink_to(target / "victim")
+    said = []
+    assert run_jobs(fake_script, str(ckpt), str(out), ["KS"], 1, None, env,
+                    say=lambda text, **_: said.append(text)) == 1
+    assert not (target / "victim").exists() and any("FAILED KS" in t for t in said)

@@ -147,7 +147,12 @@ class Scheduler:
             log = self.log_dir / f"{unit.name}.log"
             self.line(f"start {unit.name}" + (f" on GPU {gpu}" if gpu is not None else "") + f" (log {log})")
             start = time.perf_counter()
-            with open(log, "ab") as sink:
+            try:
+                fd = open_log(log)
+            except OSError as exc:  # e.g. a symlink planted as the log: the unit is not run
+                self.line(f"end {unit.name}: FAILED, its log cannot be opened ({exc.strerror})")
+                return Outcome(unit, 126, 0.0, log, "FAILED")
+            with os.fdopen(fd, "ab") as sink:
                 offset = sink.tell()
                 sink.write(f"===== superb-all unit {unit.name}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
                 sink.flush()
@@ -158,7 +163,7 @@ class Scheduler:
                     sink.write(f"superb-all: could not start: {exc}\n".encode())
                     code = 127
             seconds = time.perf_counter() - start
-            with open(log, "rb") as read_back:
+            with os.fdopen(os.open(log, os.O_RDONLY | os.O_NOFOLLOW), "rb") as read_back:
                 read_back.seek(offset)
                 text = read_back.read(8_000_000).decode("utf-8", "replace")
             state = unit_state(code, text)
@@ -170,6 +175,11 @@ class Scheduler:
     def run(self, units: list[Unit]) -> list[Outcome]:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             return list(pool.map(self.run_one, units))
+
+
+def open_log(path: Path) -> int:
+    """A unit's log, opened to append without following a symlink (the run directory may be shared)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
 
 
 def count_layers(ckpt: str, env: dict) -> list[str] | None:
@@ -207,6 +217,8 @@ def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: 
             env["QBE_LAYERS"] = ",".join(layers)  # the score step checks exactly these layers
     gpus = detect_gpus(gpus_spec, environ)
     log_dir = out / "logs"
+    if log_dir.is_symlink():
+        raise ValueError(f"{log_dir} is a symlink: superb-all writes its logs only into a real directory")
     log_dir.mkdir(parents=True, exist_ok=True)
     units = plan_units(tasks, folds, layers)
     say(f"[superb-all] {len(units)} units, {jobs} at a time" + (f" on GPUs {','.join(gpus)}" if gpus else " on CPU"),
