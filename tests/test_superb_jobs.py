@@ -18,8 +18,8 @@ import pytest
 
 from pruned_upstream import cli
 from pruned_upstream.commands.superb_all import split_options
-from pruned_upstream.commands.superb_jobs import (Scheduler, Unit, canonical_tasks, detect_gpus, plan_units,
-                                                  run_jobs, unit_state)
+from pruned_upstream.commands.superb_jobs import (Scheduler, canonical_tasks, detect_gpus, longest_first,
+                                                  plan_units, run_jobs, unit_state)
 
 # A stand-in for run_superb.sh CKPT OUT TASK: records when it ran and with which GPU; FAIL_<TASK>=1 fails;
 # a unit whose OUT/<TASK>.done exists says "result present", as the script does.
@@ -66,6 +66,8 @@ def test_units_split_er_into_folds_and_qbe_into_layers():
         ("KS", "KS", {}), ("ER_fold1", "ER", {"ER_FOLDS": "fold1"}), ("ER_fold3", "ER", {"ER_FOLDS": "fold3"}),
         ("QbE_layer0", "QbE", {"QBE_LAYERS": "0"}), ("QbE_layer2", "QbE", {"QBE_LAYERS": "2"})]
     assert [u.name for u in plan_units(["QbE"], [], None)] == ["QbE"]  # layers unknown: the script counts
+    assert [u.name for u in longest_first(units + plan_units(["SD", "ASV"], [], None))] == [
+        "ASV", "KS", "SD", "ER_fold1", "ER_fold3", "QbE_layer0", "QbE_layer2"]
 
 
 def test_gpus_from_the_option_the_environment_or_nvidia_smi(tmp_path):

@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ALL_TASKS = ("PR", "KS", "IC", "SID", "ER", "ASR", "QbE", "SF", "ASV", "SD")  # scripts/run_superb.sh's order
+# Units start longest first, so that a long one does not start last and run alone: training steps of
+# downstream_configs/*.yaml (ASV 200k plus a test of each of its ten saved checkpoints; ASR, SF, SID, KS,
+# IC 200k; PR 100k; SD 30k plus its scoring grid; each ER fold 30k); QbE has no training.
+LONGEST_FIRST = ("ASV", "ASR", "SF", "SID", "KS", "IC", "PR", "SD", "ER", "QbE")
 DEFAULT_FOLDS = ("fold1", "fold2", "fold3", "fold4", "fold5")
 COUNT_LAYERS = ("import sys, torch\nfrom pruned_upstream.s3prl_plugin.expert import UpstreamExpert\n"
                 "with torch.no_grad():\n"
@@ -83,6 +87,10 @@ def plan_units(tasks: list[str], er_folds: list[str], qbe_layers: list[str] | No
         else:
             units.append(Unit(task, task))
     return units
+
+
+def longest_first(units: list[Unit]) -> list[Unit]:
+    return sorted(units, key=lambda unit: LONGEST_FIRST.index(unit.task))  # stable: folds and layers in order
 
 
 def detect_gpus(spec: str | None, environ: dict, nvidia_smi: str | None = None) -> list[str]:
@@ -220,7 +228,7 @@ def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: 
     if log_dir.is_symlink():
         raise ValueError(f"{log_dir} is a symlink: superb-all writes its logs only into a real directory")
     log_dir.mkdir(parents=True, exist_ok=True)
-    units = plan_units(tasks, folds, layers)
+    units = longest_first(plan_units(tasks, folds, layers))
     say(f"[superb-all] {len(units)} units, {jobs} at a time" + (f" on GPUs {','.join(gpus)}" if gpus else " on CPU"),
         flush=True)
     command = ["bash", str(script), ckpt, str(out)]
