@@ -134,8 +134,9 @@ asv_ckpts() {  # the checkpoints s3prl's sv_voxceleb1/test_expdir.sh tests: stat
 }
 
 asv_pending() {  # the checkpoints of asv_ckpts whose states-N/log.txt has no test EER
-    local ckpt
+    local ckpt  # ASV_TEST="states-N ...": only these (none: train only); superb-all --jobs' ASV units
     while IFS= read -r ckpt; do
+        [[ -z ${ASV_TEST:-} || " $ASV_TEST " == *" $(basename -- "${ckpt%.ckpt}") "* ]] || continue
         has_line "${ckpt%.ckpt}/log.txt" 'sv-voxceleb1/test-EER: ' || printf '%s\n' "$ckpt"
     done < <(asv_ckpts "$1")
 }

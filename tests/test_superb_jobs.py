@@ -18,7 +18,7 @@ import pytest
 
 from pruned_upstream import cli
 from pruned_upstream.commands.superb_all import split_options
-from pruned_upstream.commands.superb_jobs import (Scheduler, canonical_tasks, detect_gpus, longest_first,
+from pruned_upstream.commands.superb_jobs import (Scheduler, asv_units, canonical_tasks, detect_gpus, longest_first,
                                                   plan_units, run_jobs, unit_state)
 
 # A stand-in for run_superb.sh CKPT OUT TASK: records when it ran and with which GPU; FAIL_<TASK>=1 fails;
@@ -28,6 +28,7 @@ set -eu
 out=$2; task=${3:-}
 if [[ ${SUPERB_PART:-} == score ]]; then echo "score ${*:3}" >> "$out/score_calls"; exit 0; fi
 name=$task; [[ $task == ER ]] && name=ER_$ER_FOLDS; [[ $task == QbE ]] && name=QbE_layer$QBE_LAYERS
+[[ $task == ASV && $ASV_TEST != none ]] && name=ASV_$ASV_TEST
 if [[ -f $out/$name.done ]]; then echo "[run_superb] $task: result present, skipped"; exit 0; fi
 echo "[run_superb] $task: start"
 echo "$name start $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$out/events"
@@ -36,6 +37,7 @@ echo "$name end $(date +%s.%N)" >> "$out/events"
 fail=FAIL_$task
 if [[ -n ${!fail:-} ]]; then echo "[run_superb] $task: FAILED (exit 1)"; exit 1; fi
 touch "$out/$name.done"
+if [[ $name == ASV ]]; then mkdir -p "$out/ASV"; touch "$out"/ASV/states-{20000,40000,45000}.ckpt; fi
 """
 
 
@@ -253,3 +255,25 @@ def test_logs_are_never_written_through_a_symlink(fake_script, tmp_path):
     assert run_jobs(fake_script, str(ckpt), str(out), ["KS"], 1, None, env,
                     say=lambda text, **_: said.append(text)) == 1
     assert not (target / "victim").exists() and any("FAILED KS" in t for t in said)
+
+
+def test_asv_checkpoint_tests_are_units_once_its_training_is_done(fake_script, tmp_path, capsys):
+    ckpt, out = tmp_path / "up.pt", tmp_path / "out"
+    ckpt.write_bytes(b"x")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "ASV_TEST": "states-1"}  # the caller's value is not used
+    assert run_jobs(fake_script, str(ckpt), str(out), ["ASV", "KS"], 2, None, env) == 0
+    ev = events(out)
+    starts = {e[0]: float(e[2]) for e in ev if e[1] == "start"}
+    assert sorted(starts) == ["ASV", "ASV_states-20000", "ASV_states-40000", "KS"]  # multiples of 20000
+    asv_end = next(float(e[2]) for e in ev if e[:2] == ["ASV", "end"])
+    assert starts["ASV_states-20000"] >= asv_end and starts["ASV_states-40000"] >= asv_end
+    assert re.search(r"4 units in [0-9.]+ s: 4 ran, 0 already complete, 0 failed", capsys.readouterr().out)
+    (out / "events").unlink()
+    assert run_jobs(fake_script, str(ckpt), str(out), ["ASV", "KS"], 2, None, env) == 0
+    assert not (out / "events").exists()  # a rerun: every unit, the checkpoint tests included, is complete
+    assert "0 ran, 4 already complete, 0 failed" in capsys.readouterr().out
+    (out / "ASV" / "states-20000.ckpt").rename(out / "ASV" / "states-20001.ckpt")
+    assert [u.name for u in asv_units(out / "ASV")] == ["ASV_states-40000"]
+    (out / "ASV" / "states-40000.ckpt").unlink()
+    assert [u.name for u in asv_units(out / "ASV")] == ["ASV_states-20001", "ASV_states-45000"]  # none: all
+    assert asv_units(tmp_path / "missing") == []

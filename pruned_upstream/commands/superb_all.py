@@ -1,4 +1,4 @@
-"""`pruned-upstream superb-all [--jobs N [--gpus 0,1]] UPSTREAM_CKPT OUT_DIR [TASK ...]`: the ten SUPERB tasks, then the score.
+"""`pruned-upstream superb-all [--jobs N [--gpus 0,1]] UPSTREAM_CKPT OUT_DIR [TASK ...]`: ten tasks, then the score.
 
 Without --jobs: the shipped `run_superb.sh` (scripts/README.md), one task after
 another, with this installation's command line, so that it works from a wheel

@@ -2,7 +2,8 @@
 
 A unit is one `run_superb.sh CKPT OUT TASK` process: a task, or one ER fold
 (`ER_FOLDS=foldK`), or one QbE layer (`QBE_LAYERS=L`, its dev and test DTW and
-their MTWV). Units run with `SUPERB_PART=tasks` (the script runs, it does not
+their MTWV), or ASV's training (`ASV_TEST=none`), after which the test of each
+checkpoint it saved is a unit (`ASV_TEST=states-N`). Units run with `SUPERB_PART=tasks` (the script runs, it does not
 score: concurrent scorings would race on OUT/scored). Once every unit has
 ended, one `SUPERB_PART=score` run of the script scores the tasks that are
 complete, exactly as the sequential run's last step does, and runs nothing.
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,11 +83,22 @@ def plan_units(tasks: list[str], er_folds: list[str], qbe_layers: list[str] | No
     for task in tasks:
         if task == "ER":
             units += [Unit(f"ER_{fold}", "ER", {"ER_FOLDS": fold}) for fold in er_folds]
+        elif task == "ASV":  # training first; asv_units adds one unit per saved checkpoint's test
+            units.append(Unit("ASV", "ASV", {"ASV_TEST": "none"}))
         elif task == "QbE" and qbe_layers:
             units += [Unit(f"QbE_layer{layer}", "QbE", {"QBE_LAYERS": layer}) for layer in qbe_layers]
         else:
             units.append(Unit(task, task))
     return units
+
+
+def asv_units(expdir: Path) -> list[Unit]:
+    """One unit per checkpoint the script tests (its asv_ckpts: states-N with N a multiple of 20000, as
+    s3prl's sv_voxceleb1/test_expdir.sh; a shorter run with none of those: every states-N)."""
+    steps = sorted(int(m.group(1)) for p in (expdir.iterdir() if expdir.is_dir() else ())
+                   if (m := re.fullmatch(r"states-([0-9]+)\.ckpt", p.name)))
+    chosen = [n for n in steps if n % 20000 == 0] or steps
+    return [Unit(f"ASV_states-{n}", "ASV", {"ASV_TEST": f"states-{n}"}) for n in chosen]
 
 
 def longest_first(units: list[Unit]) -> list[Unit]:
@@ -180,9 +192,27 @@ class Scheduler:
         finally:
             self.slots.put(gpu)
 
-    def run(self, units: list[Unit]) -> list[Outcome]:
+    def run(self, units: list[Unit], after=None) -> list[Outcome]:
+        """Every unit, and the units ``after(outcome)`` adds once a unit succeeded; outcomes in start order."""
+        order: list[Unit] = []
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            return list(pool.map(self.run_one, units))
+            pending = set()
+
+            def submit(batch):
+                for unit in batch:
+                    order.append(unit)
+                    pending.add(pool.submit(self.run_one, unit))
+
+            submit(units)
+            outcomes = {}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    outcomes[outcome.unit.name] = outcome
+                    if after is not None and outcome.code == 0:
+                        submit(after(outcome))
+        return [outcomes[unit.name] for unit in order]
 
 
 def open_log(path: Path) -> int:
@@ -210,6 +240,7 @@ def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: 
     out = Path(os.path.abspath(out_dir))
     env = dict(environ)
     env.pop("SUPERB_PART", None)
+    env.pop("ASV_TEST", None)
     folds = env.get("ER_FOLDS", " ".join(DEFAULT_FOLDS)).split()
     if not all(re.fullmatch(r"fold[1-5]", f) for f in folds):
         raise ValueError(f"ER_FOLDS: '{env['ER_FOLDS']}' is not fold1 .. fold5")
@@ -229,16 +260,18 @@ def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: 
         raise ValueError(f"{log_dir} is a symlink: superb-all writes its logs only into a real directory")
     log_dir.mkdir(parents=True, exist_ok=True)
     units = longest_first(plan_units(tasks, folds, layers))
-    say(f"[superb-all] {len(units)} units, {jobs} at a time" + (f" on GPUs {','.join(gpus)}" if gpus else " on CPU"),
+    later = " (and one per ASV checkpoint once ASV has trained)" if "ASV" in tasks else ""
+    where = f" on GPUs {','.join(gpus)}" if gpus else " on CPU"
+    say(f"[superb-all] {len(units)} units{later}, {jobs} at a time{where}",
         flush=True)
     command = ["bash", str(script), ckpt, str(out)]
     scheduler = Scheduler(command, {**env, "SUPERB_PART": "tasks"}, log_dir, jobs, gpus, say)
     start = time.perf_counter()
-    outcomes = scheduler.run(units)
+    outcomes = scheduler.run(units, lambda done: asv_units(out / "ASV") if done.unit.name == "ASV" else [])
     scheduler.line("scoring the complete tasks")
     score = subprocess.run([*command, *tasks], env={**env, "SUPERB_PART": "score"}, stdin=subprocess.DEVNULL)
     failed = [o for o in outcomes if o.code != 0]
-    say(f"[superb-all] {len(units)} units in {time.perf_counter() - start:.1f} s: "
+    say(f"[superb-all] {len(outcomes)} units in {time.perf_counter() - start:.1f} s: "
         f"{sum(o.state == 'ran' for o in outcomes)} ran, {sum(o.state == 'already complete' for o in outcomes)} "
         f"already complete, {len(failed)} failed", flush=True)
     for o in failed:
