@@ -167,7 +167,8 @@ def test_the_command_line_passes_jobs_to_the_scheduler(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- the real script on small data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_superb.sh"
-REAL_TASKS = ["KS", "ER", "QbE"]  # one task, two ER folds, two QbE layers: 5 units, a few minutes at most
+# one task, two ER folds, two QbE layers, ASV's training and its checkpoint's test: 6 units, about a minute
+REAL_TASKS = ["KS", "ER", "QbE", "ASV"]
 OUTPUTS = ("predict", "truth", ".stdlist.xml", "hyp", "result")  # what a unit predicts or concludes
 
 
@@ -222,19 +223,26 @@ def test_jobs_2_equals_the_sequential_run_and_a_failed_unit_is_rerun_alone(tmp_p
         times["jobs_2"] = time.perf_counter() - start
         assert first.returncode == 1, first.stdout[-4000:] + first.stderr[-2000:]
         assert f"[superb-all] FAILED SF (exit 1): {par / 'logs' / 'SF.log'}" in first.stdout
-        assert "6 units, 2 at a time on CPU" in first.stdout and "5 ran, 0 already complete, 1 failed" in first.stdout
+        assert "7 units (and one per ASV checkpoint once ASV has trained), 2 at a time on CPU" in first.stdout
+        assert "8 units in" in first.stdout and "7 ran, 0 already complete, 1 failed" in first.stdout
+        assert "end ASV_states-4: ran" in first.stdout  # 4 steps: states-4.ckpt, tested as a unit of its own
         assert json.loads((par / "superb_score.json").read_text()) == json.loads((seq / "superb_score.json")
                                                                                     .read_text())
         ours, theirs = outputs(par), outputs(seq)
+        for run, found in ((par, ours), (seq, theirs)):  # ASV: the test EER of each checkpoint
+            found.update({str(p.relative_to(run)): re.findall(r"sv-voxceleb1/test-EER: \S+", p.read_text())
+                          for p in run.glob("ASV/states-*/log.txt")})
         assert ours == theirs and len(ours) >= 10, sorted(set(ours) ^ set(theirs))
+        assert len(ours["ASV/states-4/log.txt"]) == 1
         start = time.perf_counter()
         second = subprocess.run([*cmd, *REAL_TASKS, "SF"], env=env, text=True, capture_output=True, timeout=900)
         times["rerun"] = time.perf_counter() - start
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
-    assert "1 ran, 5 already complete, 0 failed" in second.stdout, second.stdout
-    assert re.search(r"end SF: ran in", second.stdout) and not re.search(r"end (KS|ER_\w+|QbE_\w+): ran", second.stdout)
+    assert "1 ran, 7 already complete, 0 failed" in second.stdout, second.stdout
+    assert re.search(r"end SF: ran in", second.stdout)
+    assert not re.search(r"end (KS|ER_\w+|QbE_\w+|ASV\S*): ran", second.stdout)
     [score] = json.loads((par / "superb_score.json").read_text())
-    assert "SF" in score["points"] and set(score["points"]) >= {"KS", "ER", "QbE"}
+    assert set(score["points"]) == {"KS", "ER", "QbE", "ASV", "SF"}
     print(f"\nwall seconds: sequential {times['sequential']:.1f}, --jobs 2 {times['jobs_2']:.1f} "
           f"(+ a failing SF unit), rerun of SF alone {times['rerun']:.1f}")
 
