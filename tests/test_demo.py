@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 
@@ -37,6 +38,12 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert all(cell.strip() not in ("-", "") for line in metric_rows for cell in line.split("|")[2:4])
     assert f"| score | {rows[0]['score']:.1f} | {rows[1]['score']:.1f} |" in table
     assert "Reduced protocol" in table and "not QUESST14's official scorer" in table
+    # the pruned upstream's submission: ER's five folds, ASV's choice, ASR with the small LM, the card shown
+    with zipfile.ZipFile(out / "superb" / "pruned" / "submission" / "predict.zip") as archive:
+        names = set(archive.namelist())
+    assert {"predict/asr_lm_public/predict.ark", "predict/er_fold5_public/predict.txt",
+            "predict/sv_public/predict.txt"} <= names
+    assert "## Leaderboard submission (pruned upstream)" in report and "### Model card" in report
 
 def test_demo_says_how_to_install_espeak_when_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on the PATH
