@@ -195,10 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "superb-all",
         help="the ten SUPERB tasks for one upstream, then the score (scripts/run_superb.sh)",
-        description="[--jobs N [--gpus 0,1,...]] UPSTREAM_CKPT OUT_DIR [TASK ...]; data roots from environment "
+        description="[--jobs N [--gpus 0,1,...] [--slurm]] UPSTREAM_CKPT OUT_DIR [TASK ...]; data roots from environment "
                     "variables (scripts/README.md). --jobs N: the tasks, ER folds and QbE layers as units, N at a "
                     "time (one GPU each: --gpus, else CUDA_VISIBLE_DEVICES or nvidia-smi -L), logs in "
-                    "OUT_DIR/logs/, then the score",
+                    "OUT_DIR/logs/, then the score; --slurm --jobs N: the units as one SLURM job array, then a score job",
     )
     s.add_argument("script_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_superb_all)

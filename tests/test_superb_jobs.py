@@ -28,7 +28,7 @@ set -eu
 out=$2; task=${3:-}
 if [[ ${SUPERB_PART:-} == score ]]; then echo "score ${*:3}" >> "$out/score_calls"; exit 0; fi
 name=$task; [[ $task == ER ]] && name=ER_$ER_FOLDS; [[ $task == QbE ]] && name=QbE_layer$QBE_LAYERS
-[[ $task == ASV && $ASV_TEST != none ]] && name=ASV_$ASV_TEST
+[[ $task == ASV && ${ASV_TEST:-none} != none ]] && name=ASV_$ASV_TEST
 if [[ -f $out/$name.done ]]; then echo "[run_superb] $task: result present, skipped"; exit 0; fi
 echo "[run_superb] $task: start"
 echo "$name start $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$out/events"
@@ -50,10 +50,12 @@ def fake_script(tmp_path) -> Path:
 
 
 def test_options_are_taken_out_of_the_scripts_arguments():
-    assert split_options(["ck", "out", "KS"]) == (None, None, ["ck", "out", "KS"])
-    assert split_options(["--jobs", "3", "ck", "out", "--gpus=0,2", "ER"]) == (3, "0,2", ["ck", "out", "ER"])
-    assert split_options(["--jobs=2", "--", "--jobs", "out"]) == (2, None, ["--jobs", "out"])
-    for bad in (["--jobs", "0", "a", "b"], ["--jobs", "x"], ["a", "b", "--jobs"], ["--gpus", "0", "a", "b"]):
+    assert split_options(["ck", "out", "KS"]) == (None, None, False, ["ck", "out", "KS"])
+    assert split_options(["--jobs", "3", "ck", "out", "--gpus=0,2", "ER"]) == (3, "0,2", False, ["ck", "out", "ER"])
+    assert split_options(["--jobs=2", "--", "--jobs", "out"]) == (2, None, False, ["--jobs", "out"])
+    assert split_options(["--slurm", "--jobs=8", "ck", "out"]) == (8, None, True, ["ck", "out"])
+    for bad in (["--jobs", "0", "a", "b"], ["--jobs", "x"], ["a", "b", "--jobs"], ["--gpus", "0", "a", "b"],
+                ["--slurm", "a", "b"], ["--slurm", "--jobs", "2", "--gpus", "0", "a", "b"]):
         with pytest.raises(ValueError):
             split_options(bad)
 
@@ -151,8 +153,8 @@ def test_run_jobs_scores_once_names_the_failure_and_a_rerun_runs_only_it(fake_sc
 def test_the_command_line_passes_jobs_to_the_scheduler(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_run_jobs(script, ckpt, out, tasks, jobs, gpus, env):
-        seen.update(script=script.name, ckpt=ckpt, out=out, tasks=tasks, jobs=jobs, gpus=gpus)
+    def fake_run_jobs(script, ckpt, out, tasks, jobs, gpus, env, slurm=False):
+        seen.update(script=script.name, ckpt=ckpt, out=out, tasks=tasks, jobs=jobs, gpus=gpus, slurm=slurm)
         return 0
 
     import pruned_upstream.commands.superb_jobs as jobs_module
@@ -160,7 +162,7 @@ def test_the_command_line_passes_jobs_to_the_scheduler(monkeypatch, tmp_path):
     monkeypatch.setattr(jobs_module, "run_jobs", fake_run_jobs)
     assert cli.main(["superb-all", "--jobs", "2", "--gpus", "0,1", "ck.pt", "out", "KS"]) == 0
     assert seen == {"script": "run_superb.sh", "ckpt": "ck.pt", "out": "out", "tasks": ["KS"], "jobs": 2,
-                    "gpus": "0,1"}
+                    "gpus": "0,1", "slurm": False}
     assert cli.main(["superb-all", "--jobs", "2", "ck.pt"]) == 1  # usage: one line, exit 1
 
 
@@ -285,3 +287,33 @@ def test_asv_checkpoint_tests_are_units_once_its_training_is_done(fake_script, t
     (out / "ASV" / "states-40000.ckpt").unlink()
     assert [u.name for u in asv_units(out / "ASV")] == ["ASV_states-20001", "ASV_states-45000"]  # none: all
     assert asv_units(tmp_path / "missing") == []
+
+
+def test_slurm_submits_one_array_of_the_units_then_the_score(fake_script, tmp_path, capsys):
+    import subprocess
+
+    ckpt, out, bin_dir = tmp_path / "up.pt", tmp_path / "o u't$(x)", tmp_path / "bin"
+    ckpt.write_bytes(b"x")
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$*" >> "$SBATCH_CALLS"\n'
+                                    'n=$(wc -l < "$SBATCH_CALLS"); echo "10$n;cluster"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_CALLS": str(tmp_path / "calls"),
+           "ER_FOLDS": "fold2 fold4", "QUESST14_ROOT": str(tmp_path), "QBE_LAYERS": "1"}
+    assert run_jobs(fake_script, str(ckpt), str(out), ["QbE", "ER", "ASV"], 3, None, env, slurm=True) == 0
+    array, score = (tmp_path / "calls").read_text().splitlines()
+    units_sh, score_sh = out / "slurm" / "units.sh", out / "slurm" / "score.sh"
+    assert array.startswith("--parsable --array=0-3%3 --job-name=superb-units") and array.endswith(str(units_sh))
+    assert score.startswith("--parsable --dependency=afterany:101 ") and score.endswith(str(score_sh))
+    text = capsys.readouterr().out
+    assert "array task 0: ASV" in text and "array task 3: QbE_layer1" in text and "score job 102" in text
+    for k in range(4):  # each array task runs its unit, with the unit's variables, into its log
+        proc = subprocess.run(["bash", str(units_sh)], env={**env, "SLURM_ARRAY_TASK_ID": str(k)})
+        assert proc.returncode == 0
+    assert [e[0] for e in events(out)] == ["ASV", "ASV", "ER_fold2", "ER_fold2", "ER_fold4", "ER_fold4",
+                                           "QbE_layer1", "QbE_layer1"]
+    assert "[run_superb] ASV: start" in (out / "logs" / "ASV.log").read_text()
+    assert subprocess.run(["bash", str(units_sh)], env={**env, "SLURM_ARRAY_TASK_ID": "4"}).returncode == 2
+    assert subprocess.run(["bash", str(score_sh)], env=env).returncode == 0
+    assert (out / "score_calls").read_text() == "score QbE ER ASV\n"
+    assert not (tmp_path / "x").exists()  # the $(x) in OUT_DIR stayed text

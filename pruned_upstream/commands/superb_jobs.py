@@ -77,13 +77,15 @@ def parse_layers(text: str) -> list[str]:
     return layers
 
 
-def plan_units(tasks: list[str], er_folds: list[str], qbe_layers: list[str] | None) -> list[Unit]:
-    """The units of ``tasks``: ER split into folds, QbE into layers (when the layers are known)."""
+def plan_units(tasks: list[str], er_folds: list[str], qbe_layers: list[str] | None,
+               split_asv: bool = True) -> list[Unit]:
+    """The units of ``tasks``: ER split into folds, QbE into layers (when the layers are known), ASV's training
+    apart from its tests (``split_asv``)."""
     units = []
     for task in tasks:
         if task == "ER":
             units += [Unit(f"ER_{fold}", "ER", {"ER_FOLDS": fold}) for fold in er_folds]
-        elif task == "ASV":  # training first; asv_units adds one unit per saved checkpoint's test
+        elif task == "ASV" and split_asv:  # training first; asv_units adds one unit per saved checkpoint's test
             units.append(Unit("ASV", "ASV", {"ASV_TEST": "none"}))
         elif task == "QbE" and qbe_layers:
             units += [Unit(f"QbE_layer{layer}", "QbE", {"QBE_LAYERS": layer}) for layer in qbe_layers]
@@ -232,7 +234,7 @@ def count_layers(ckpt: str, env: dict) -> list[str] | None:
 
 
 def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: int, gpus_spec: str | None,
-             environ: dict, say=print) -> int:
+             environ: dict, say=print, slurm: bool = False) -> int:
     """The whole `superb-all --jobs N`: units in parallel, then the score; 0 when no unit failed."""
     tasks = canonical_tasks(requested)
     if not (os.path.isfile(ckpt) or os.path.isdir(ckpt)):
@@ -254,6 +256,11 @@ def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: 
                 say("[superb-all] QbE: could not count the layers of the upstream; QbE runs as one unit")
         if layers:
             env["QBE_LAYERS"] = ",".join(layers)  # the score step checks exactly these layers
+    if slurm:  # one job array (superb_slurm.py); ASV stays one unit: its checkpoints come with its training
+        from .superb_slurm import submit
+
+        units = longest_first(plan_units(tasks, folds, layers, split_asv=False))
+        return submit(script, os.path.abspath(ckpt), out, tasks, units, jobs, env.get("QBE_LAYERS"), env, say)
     gpus = detect_gpus(gpus_spec, environ)
     log_dir = out / "logs"
     if log_dir.is_symlink():
