@@ -60,6 +60,8 @@ def sbatch(args: list[str], env: dict) -> str:
 def submit(script: Path, ckpt: str, out: Path, tasks: list[str], units: list, jobs: int,
            qbe_layers: str | None, env: dict, say=print) -> int:
     where = out / "slurm"
+    if "%" in str(out):  # sbatch reads %A, %j ... in --output as its own patterns
+        raise ValueError(f"OUT_DIR '{out}' holds a '%': sbatch would read it as a pattern in the log names")
     for sub in (where, out / "logs"):
         if sub.is_symlink():
             raise ValueError(f"{sub} is a symlink: superb-all --slurm writes only into a real directory")
