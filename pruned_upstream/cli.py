@@ -59,7 +59,8 @@ def _cmd_superb_step(args) -> int:
 def _cmd_submit(args) -> int:
     from .commands.submit import submit_command
 
-    return submit_command(args.results_dir, args.out, args.allow_missing, args.upstream, args.run_dir)
+    return submit_command(args.results_dir, args.out, args.allow_missing, args.upstream, args.run_dir,
+                          check_s3prl=args.check_s3prl)
 
 
 def _cmd_prune(args) -> int:
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-missing", action="store_true", help="pack the entries present; list those left out")
     s.add_argument("--upstream", help="the upstream file (default: the expdirs' upstream_ckpt)")
     s.add_argument("--run-dir", help="the pruning run directory: its config.yaml and teacher go into the card")
+    s.add_argument("--check-s3prl", action="store_true",
+                   help="run s3prl's own submit.py on the card's directories and compare the zips (source tree needed)")
     s.set_defaults(func=_cmd_submit)
     _add_superb_steps(sub)
     return p

@@ -115,7 +115,7 @@ def submission_section(superb) -> list[str]:
     lines += [f"`pruned-upstream submit` packed `{card.parent / 'predict.zip'}` (s3prl's submit.py layout, "
               "docs/submission.md) and wrote this card beside it. Small data and a reduced protocol: a "
               "rehearsal of the submission, not one to upload."]
-    if note:
-        lines += ["", f"Left out: {note}"]
+    if note:  # "left out: ..." lines of `submit`, then the comparison with s3prl's submit.py
+        lines += [""] + [f"- {item}" for item in note.split("; ")]
     body = card.read_text().splitlines()
     return lines + [""] + [("##" + line) if line.startswith("#") else line for line in body]

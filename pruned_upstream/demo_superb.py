@@ -148,6 +148,13 @@ def write_submission(results: Path, upstream: Path) -> tuple[Path | None, str]:
         return None, f"no submission: {' '.join(str(err).split())}"
     left = [line for line in errors.getvalue().splitlines() if line.startswith("left out: ")]
     card = results / "submission" / "model_card.md"
+    if code == 0 and card.is_file():  # s3prl's own submit.py on the card's directories, where installed
+        from .s3prl_plugin.submit_check import check_with_s3prl_submit
+
+        same, message = check_with_s3prl_submit(card.with_suffix(".json"))
+        left.append(("checked: " if same else "NOT the same as s3prl's submit.py: " if same is False
+                     else "not compared: ") + message)
+        print(f"demo: submission {left[-1]}", flush=True)
     return (card if code == 0 and card.is_file() else None), "; ".join(left)
 
 

@@ -25,7 +25,22 @@ def test_the_demo_packs_a_submission_and_the_report_shows_its_card(tmp_path):
     text = "\n".join(lines)
     assert "## Leaderboard submission (pruned upstream)" in text and "### Model card" in text
     assert str(results / "submission" / "predict.zip") in text and "| --sv | `../ASV/states-40` |" in text
-    assert "Left out: " in text
+    assert "- left out: --asr_with_lm" in text
+    # s3prl's own submit.py (source tree installed by `make test`) packs the same files from the card's dirs
+    assert "- checked: s3prl's submit.py (14 arguments) packs the same" in text and "byte for byte" in text
+
+
+def test_check_with_s3prl_submit_finds_a_difference(tmp_path):
+    """A prediction rewritten after our zip was made: s3prl's submit.py packs other bytes, and the check says which."""
+    from pruned_upstream.s3prl_plugin.submit_check import check_with_s3prl_submit
+
+    results = make_results(tmp_path / "pruned")
+    card, _ = write_submission(results, tmp_path / "no-upstream.safetensors")
+    same, message = check_with_s3prl_submit(card.with_suffix(".json"))
+    assert same is True, message
+    (results / "KS" / "test_predict.txt").write_text("tampered\n")
+    same, message = check_with_s3prl_submit(card.with_suffix(".json"))
+    assert same is False and "different bytes ['predict/ks_public/predict.txt']" in message, message
 
 
 def test_no_submission_is_said_in_the_report(tmp_path):

@@ -128,6 +128,9 @@ def test_all_fifteen_entries_match_s3prls_submit_py(tmp_path):
     assert card["versions"]["s3prl_commit"].startswith("ec8064b5")
     assert "sha256" not in card["upstream"] and "not a regular file" in card["upstream"]["note"]
     assert "--asr_with_lm" in (sub / "model_card.md").read_text()
+    # --check-s3prl: the same comparison, by the command itself
+    code, out, err = run_cli("submit", str(results), "--out", str(tmp_path / "checked"), "--check-s3prl")
+    assert code == 0 and "checked: s3prl's submit.py (15 arguments) packs the same" in out, out + err
 
 
 def test_a_missing_fold_is_one_line_and_no_zip(tmp_path):

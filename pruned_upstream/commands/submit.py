@@ -1,9 +1,11 @@
-"""`pruned-upstream submit RESULTS_DIR [--out DIR] [--allow-missing] [--upstream CKPT] [--run-dir RUN]`.
+"""`pruned-upstream submit RESULTS_DIR [--out DIR] [--allow-missing] [--upstream CKPT] [--run-dir RUN] [--check-s3prl]`.
 
 Writes DIR/predict.zip (DIR: RESULTS_DIR/submission by default) with the members and
 bytes s3prl's submit.py packs from the directories the protocol submits, and
 DIR/model_card.json + model_card.md (docs/submission.md). A task that is missing or
 incomplete is one line naming it and no zip is written, unless --allow-missing.
+--check-s3prl then runs s3prl's own submit.py on the card's directories and compares
+the two zips member by member (s3prl_plugin/submit_check.py); a difference exits 1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..model_card import build_card, card_markdown
+from ..s3prl_plugin.submit_check import check_with_s3prl_submit
 from ..superb.submission import plan_submission, write_predict_zip
 
 
@@ -23,7 +26,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def submit_command(results_dir: str, out: str | None = None, allow_missing: bool = False,
-                   upstream: str | None = None, run_dir: str | None = None) -> int:
+                   upstream: str | None = None, run_dir: str | None = None, check_s3prl: bool = False) -> int:
     plan = plan_submission(results_dir)
     for arg, why in plan.missing.items():
         print(f"{'left out' if allow_missing else 'missing'}: --{arg}: {why}", file=sys.stderr)
@@ -45,4 +48,9 @@ def submit_command(results_dir: str, out: str | None = None, allow_missing: bool
     print(f"{dest / 'model_card.json'}, {dest / 'model_card.md'}")
     if plan.missing:
         print(f"left out: {' '.join(plan.missing)}")
+    if check_s3prl:  # s3prl's own submit.py on the card's directories: the same members and bytes?
+        same, message = check_with_s3prl_submit(dest / "model_card.json")
+        print(f"{'checked' if same else 'check failed' if same is False else 'not checked'}: {message}",
+              file=sys.stdout if same else sys.stderr)
+        return 0 if same else 1
     return 0
