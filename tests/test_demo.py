@@ -44,6 +44,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert {"predict/asr_lm_public/predict.ark", "predict/er_fold5_public/predict.txt",
             "predict/sv_public/predict.txt"} <= names
     assert "## Leaderboard submission (pruned upstream)" in report and "### Model card" in report
+    assert "- checked: s3prl's submit.py (15 arguments) packs the same" in report  # its own submit.py agrees
 
 def test_demo_says_how_to_install_espeak_when_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on the PATH
