@@ -193,9 +193,9 @@ class _Reading:
             size = st.numel * _itemsize(st.dtype)
             if not size:
                 st.tensor = torch.empty(0, dtype=st.dtype)
-            elif self.copy or st.offset % 64:
+            elif self.copy:
                 st.tensor = torch.frombuffer(bytearray(memoryview(self.buf)[st.offset: st.offset + size]), dtype=st.dtype)
-            else:
+            else:  # a view, aligned or not (legacy storages rarely are): the mmap caller copies it (materialise)
                 st.tensor = torch.frombuffer(self.buf, dtype=st.dtype, count=st.numel, offset=st.offset)
         return st.tensor
 
