@@ -52,9 +52,9 @@ def s3prl_model(family: str, cfg: dict, symbols=None, seed=0):
     return randomize_(model, seed=seed).eval()
 
 
-def s3prl_checkpoint(path, family: str, mode="default", pre_ln=False, normalize=False):
-    """What s3prl's hubert_local / wav2vec2_local read: task_cfg, model_cfg, model_weight."""
-    cfg = model_cfg(family, mode, pre_ln)
+def s3prl_checkpoint(path, family: str, mode="default", pre_ln=False, normalize=False, extra: dict | None = None):
+    """What s3prl's hubert_local / wav2vec2_local read: task_cfg, model_cfg (with `extra` fields), model_weight."""
+    cfg = {**model_cfg(family, mode, pre_ln), **(extra or {})}
     symbols = [["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(6)]]
     model = s3prl_model(family, {k: v for k, v in cfg.items() if k != "_name"}, symbols)
     ckpt = {"task_cfg": {"normalize": normalize}, "model_cfg": cfg, "model_weight": model.state_dict()}

@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 from conftest import rel_err, release_cfg, save_release_checkpoint
-from test_families import model_cfg, s3prl_model
+from test_families import s3prl_checkpoint
 
 from pruned_upstream import export, load_model, make_prunable, save_model
 from pruned_upstream.checkpoints import CheckpointError
@@ -40,13 +40,7 @@ def _release_file(path, family: str, rates: dict, pre_ln=False):
         cfg = {**release_cfg(pre_ln=pre_ln, mode="layer_norm" if pre_ln else "default"), **rates}
         save_release_checkpoint(path, cfg)
         return
-    cfg = {**model_cfg(family, "layer_norm" if pre_ln else "default", pre_ln), **rates}
-    symbols = [["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(6)]]
-    model = s3prl_model(family, {k: v for k, v in cfg.items() if k != "_name"}, symbols)
-    ckpt = {"task_cfg": {"normalize": False}, "model_cfg": cfg, "model_weight": model.state_dict()}
-    if family == "hubert":
-        ckpt["dictionaries_symbols"] = symbols
-    torch.save(ckpt, path)
+    s3prl_checkpoint(path, family, "layer_norm" if pre_ln else "default", pre_ln, extra=rates)
 
 
 def _s3prl_expert(family: str, path):

@@ -203,26 +203,43 @@ def test_full_disk_stops_the_run_keeps_the_last_checkpoint_and_resume_continues(
     assert same_weights(run_io.latest_checkpoint(out), run_io.latest_checkpoint(reference))
 
 
+def fill_disk(monkeypatch, full) -> object:
+    """os.open raises ENOSPC where `full(file name, flags)` says so; returns the real os.open."""
+    real_open = os.open
+
+    def disk_full(file, flags, *args, **kwargs):
+        if full(Path(file).name, flags):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", disk_full)
+    return real_open
+
+
+def prune_fails_in_one_line(manifest, out, capsys) -> str:
+    """A first start of the demo config into `out` fails (exit 1) with one line on stderr: that line."""
+    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 @pytest.mark.parametrize("victim", ["log.jsonl", "summary.json"])
 def test_full_disk_on_the_log_or_the_summary_stops_in_one_line_and_resume_finishes(
         manifest, reference, tmp_path, monkeypatch, capsys, victim):
     """ENOSPC while appending log.jsonl (at step 6) or writing summary.json's temp file: one line naming the file."""
-    real_open, calls = os.open, {"n": 0}
+    calls = {"n": 0}
 
-    def disk_full(file, flags, *args, **kwargs):
-        name = Path(file).name
+    def full(name: str, flags: int) -> bool:
         if flags & (os.O_WRONLY | os.O_RDWR) and (
                 (victim == "log.jsonl" and name == victim) or name.startswith(f".{victim}.tmp-")):
             calls["n"] += 1
-            if victim == "summary.json" or calls["n"] == 6:
-                raise OSError(errno.ENOSPC, "No space left on device", str(file))
-        return real_open(file, flags, *args, **kwargs)
+            return victim == "summary.json" or calls["n"] == 6
+        return False
 
-    monkeypatch.setattr(os, "open", disk_full)
+    real_open = fill_disk(monkeypatch, full)
     out = tmp_path / "run"
-    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    err = prune_fails_in_one_line(manifest, out, capsys)
     assert f"cannot write {out / victim} (No space left on device)" in err
     assert f"pruned-upstream prune --out {out} --resume" in err
     assert not (out / "summary.json").exists() and not list(out.glob(".summary.json.tmp*"))
@@ -308,18 +325,9 @@ def test_a_full_disk_when_taking_the_lock_says_so_in_one_line(tmp_path, monkeypa
 
 
 def test_a_full_disk_when_saving_the_config_says_so_in_one_line(manifest, tmp_path, monkeypatch, capsys):
-    real_open = os.open
-
-    def disk_full(file, flags, *args, **kwargs):
-        if Path(file).name.startswith(".config.yaml.tmp-"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(file))
-        return real_open(file, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", disk_full)
+    fill_disk(monkeypatch, lambda name, flags: name.startswith(".config.yaml.tmp-"))
     out = tmp_path / "run"
-    assert cli.main(["prune", "--config", "demo", *first_start(manifest), "--out", str(out)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    err = prune_fails_in_one_line(manifest, out, capsys)
     assert f"cannot write {out / 'config.yaml'} (No space left on device): free space" in err
     assert not (out / "config.yaml").exists() and not list(out.glob(".config.yaml.tmp-*"))
 
