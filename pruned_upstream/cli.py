@@ -72,7 +72,8 @@ def _cmd_prune(args) -> int:
 def _cmd_export(args) -> int:
     from .commands.export import export_command
 
-    return export_command(args.source, args.out, drop_layers=args.drop_layers, audio_dir=args.audio)
+    return export_command(args.source, args.out, drop_layers=args.drop_layers, audio_dir=args.audio,
+                          magnitude_like=args.magnitude_like)
 
 
 def _cmd_bench(args) -> int:
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .safetensors")
     s.add_argument("--drop-layers", default=None, help="0-based layers: 3,7 | top:K | uniform:K | importance:K")
     s.add_argument("--audio", help="audio directory for --drop-layers importance:K")
+    s.add_argument("--magnitude-like", metavar="PRUNED", help="SOURCE a dense model: keep its weights by magnitude "
+                   "at exactly PRUNED's counts (the baseline without distillation, docs/baselines.md)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", help="parameters, MACs and speed against a reference")
