@@ -36,9 +36,10 @@ from ..model.prunable import gates, make_prunable
 from ..model.wavlm import WavLM
 
 HARD = 100.0  # log_alpha of a hard gate: E[z] is 1.0 exactly in float32 (open), P(z != 0) ~ 1e-43 (closed)
-_SHARED = ("conv_layers", "extractor_mode", "conv_bias", "embed_dim", "num_heads", "head_dim", "layer_norm_first",
-           "normalize", "conv_pos", "conv_pos_groups", "relative_position_embedding", "num_buckets", "max_distance",
-           "gru_rel_pos", "post_extract_proj", "family")
+# Every field but the layers and the CNN's channel counts must be the dense model's (the most telling first).
+_SHARED = ("family", "embed_dim", "num_heads", "head_dim", "conv_layers", "extractor_mode", "conv_bias",
+           "layer_norm_first", "normalize", "conv_pos", "conv_pos_groups", "relative_position_embedding", "num_buckets",
+           "max_distance", "gru_rel_pos", "post_extract_proj")
 
 
 # ---------------------------------------------------------------------------- compatibility
