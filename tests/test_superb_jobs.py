@@ -20,15 +20,18 @@ from pruned_upstream import cli
 from pruned_upstream.commands.superb_all import split_options
 from pruned_upstream.commands.superb_jobs import (Scheduler, asv_units, canonical_tasks, detect_gpus, longest_first,
                                                   plan_units, run_jobs, unit_state)
+from pruned_upstream.commands.superb_slurm import SlurmOptions, load_resources, site_args
 
 # A stand-in for run_superb.sh CKPT OUT TASK: records when it ran and with which GPU; FAIL_<TASK>=1 fails;
 # a unit whose OUT/<TASK>.done exists says "result present", as the script does.
 FAKE = r"""#!/usr/bin/env bash
 set -eu
 out=$2; task=${3:-}
-if [[ ${SUPERB_PART:-} == score ]]; then echo "score ${*:3}" >> "$out/score_calls"; exit 0; fi
-name=$task; [[ $task == ER ]] && name=ER_$ER_FOLDS; [[ $task == QbE ]] && name=QbE_layer$QBE_LAYERS
+name=$task; [[ $task == ER ]] && name=ER_${ER_FOLDS:-}; [[ $task == QbE ]] && name=QbE_layer${QBE_LAYERS:-}
 [[ $task == ASV && ${ASV_TEST:-none} != none ]] && name=ASV_$ASV_TEST
+if [[ ${DRY_RUN:-} == 1 ]]; then  # superb-all --slurm asks whether a unit is complete; nothing is run
+    if [[ -f $out/$name.done ]]; then echo "[run_superb] $task: result present, skipped"; fi; exit 0; fi
+if [[ ${SUPERB_PART:-} == score ]]; then echo "score ${*:3}" >> "$out/score_calls"; exit 0; fi
 if [[ -f $out/$name.done ]]; then echo "[run_superb] $task: result present, skipped"; exit 0; fi
 echo "[run_superb] $task: start"
 echo "$name start $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:-none}" >> "$out/events"
@@ -50,12 +53,17 @@ def fake_script(tmp_path) -> Path:
 
 
 def test_options_are_taken_out_of_the_scripts_arguments():
-    assert split_options(["ck", "out", "KS"]) == (None, None, False, ["ck", "out", "KS"])
-    assert split_options(["--jobs", "3", "ck", "out", "--gpus=0,2", "ER"]) == (3, "0,2", False, ["ck", "out", "ER"])
-    assert split_options(["--jobs=2", "--", "--jobs", "out"]) == (2, None, False, ["--jobs", "out"])
-    assert split_options(["--slurm", "--jobs=8", "ck", "out"]) == (8, None, True, ["ck", "out"])
+    assert split_options(["ck", "out", "KS"]) == (None, None, False, ["ck", "out", "KS"], None, None, False)
+    assert split_options(["--jobs", "3", "ck", "out", "--gpus=0,2", "ER"])[:4] == (3, "0,2", False, ["ck", "out", "ER"])
+    assert split_options(["--jobs=2", "--", "--jobs", "out"])[:4] == (2, None, False, ["--jobs", "out"])
+    assert split_options(["--slurm", "--jobs=8", "ck", "out"])[:4] == (8, None, True, ["ck", "out"])
+    assert split_options(["--slurm", "--jobs=8", "--slurm-args", "-p gpu --qos=high", "ck", "--dry-run", "out",
+                          "--slurm-resources=r.yaml"]) == (8, None, True, ["ck", "out"], "-p gpu --qos=high",
+                                                           "r.yaml", True)
     for bad in (["--jobs", "0", "a", "b"], ["--jobs", "x"], ["a", "b", "--jobs"], ["--gpus", "0", "a", "b"],
-                ["--slurm", "a", "b"], ["--slurm", "--jobs", "2", "--gpus", "0", "a", "b"]):
+                ["--slurm", "a", "b"], ["--slurm", "--jobs", "2", "--gpus", "0", "a", "b"],
+                ["--jobs", "2", "--dry-run", "a", "b"], ["--jobs", "2", "--slurm-args=-p x", "a", "b"],
+                ["--jobs", "2", "--slurm-resources", "r.yaml", "a", "b"], ["--slurm", "--jobs", "2", "--slurm-args"]):
         with pytest.raises(ValueError):
             split_options(bad)
 
@@ -153,7 +161,7 @@ def test_run_jobs_scores_once_names_the_failure_and_a_rerun_runs_only_it(fake_sc
 def test_the_command_line_passes_jobs_to_the_scheduler(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_run_jobs(script, ckpt, out, tasks, jobs, gpus, env, slurm=False):
+    def fake_run_jobs(script, ckpt, out, tasks, jobs, gpus, env, slurm=None):
         seen.update(script=script.name, ckpt=ckpt, out=out, tasks=tasks, jobs=jobs, gpus=gpus, slurm=slurm)
         return 0
 
@@ -162,8 +170,12 @@ def test_the_command_line_passes_jobs_to_the_scheduler(monkeypatch, tmp_path):
     monkeypatch.setattr(jobs_module, "run_jobs", fake_run_jobs)
     assert cli.main(["superb-all", "--jobs", "2", "--gpus", "0,1", "ck.pt", "out", "KS"]) == 0
     assert seen == {"script": "run_superb.sh", "ckpt": "ck.pt", "out": "out", "tasks": ["KS"], "jobs": 2,
-                    "gpus": "0,1", "slurm": False}
+                    "gpus": "0,1", "slurm": None}
     assert cli.main(["superb-all", "--jobs", "2", "ck.pt"]) == 1  # usage: one line, exit 1
+    assert cli.main(["superb-all", "--slurm", "--jobs", "3", "--slurm-args", "--partition gpu -A lab", "--dry-run",
+                     "ck.pt", "out", "ER"]) == 0
+    assert seen["slurm"] == SlurmOptions(["--partition", "gpu", "-A", "lab"], None, True) and seen["jobs"] == 3
+    assert cli.main(["superb-all", "--slurm", "--jobs", "3", "--slurm-args", "-p gpu --array=1", "ck", "out"]) == 1
 
 
 # ---------------------------------------------------------------- the real script on small data
@@ -289,31 +301,114 @@ def test_asv_checkpoint_tests_are_units_once_its_training_is_done(fake_script, t
     assert asv_units(tmp_path / "missing") == []
 
 
-def test_slurm_submits_one_array_of_the_units_then_the_score(fake_script, tmp_path, capsys):
+def fake_slurm(tmp_path: Path, queued: str = "") -> dict:
+    """A stand-in sbatch (records its arguments, prints ids 101, 102, ...) and squeue (prints ``queued``)."""
+    bin_dir = tmp_path / ("bin_queued" if queued else "bin")
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$SBATCH_CALLS"\n'
+                                    'n=$(wc -l < "$SBATCH_CALLS"); echo "10$n;cluster"\n')
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho '{queued}'\n")
+    for tool in ("sbatch", "squeue"):
+        (bin_dir / tool).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_CALLS": str(tmp_path / "calls")}
+
+
+TWO_CLASSES = """# a test table: ASV apart (2 CPUs, 30 min), every other task alike
+ASV: {gpus: 0, cpus: 2, mem: 900M, time: "30:00"}
+ER: {gpus: 1, cpus: 1, mem: 500M, time: "10:00"}
+QbE: {gpus: 1, cpus: 1, mem: 500M, time: "10:00"}
+score: {gpus: 0, cpus: 1, mem: 100M, time: "5:00"}
+"""
+
+
+def test_resources_table_reads_and_refuses(tmp_path):
+    shipped = load_resources()
+    assert set(shipped) == set(canonical_tasks([])) | {"score"}
+    assert all(r.gpus == 1 and r.cpus >= 2 for task, r in shipped.items() if task != "score")
+    assert shipped["PR"].cpus == 25 and shipped["QbE"].mem == "64G"  # pr.yaml's 24 workers + 1; QbE's features
+    assert shipped["score"].sbatch_args() == ["--cpus-per-task=1", "--mem=4G", "--time=1:00:00"]
+    table = tmp_path / "r.yaml"
+    for bad, match in (('KS: {gpus: 1, cpus: 1, mem: 1G, time: 72:00:00}', "quoted"),  # YAML 1.1: an integer
+                       ('KS: {gpus: 1, cpus: 0, mem: 1G, time: "1:00"}', "cpus"),
+                       ('KS: {gpus: 1, cpus: 1, mem: 1 GB, time: "1:00"}', "mem"),
+                       ('KS: {gpus: 1, cpus: 1, mem: 1G}', "exactly the keys"),
+                       ("KS: &a {gpus: 1}\nIC: *a", "anchors"), ("- KS", "mapping")):
+        table.write_text(bad)
+        with pytest.raises(ValueError, match=match):
+            load_resources(table)
+
+
+def test_site_args_pass_through_and_ours_are_refused():
+    assert site_args("--partition gpu -A 'my lab' --qos=high -Qp debug --hold --mail-type=END") == [
+        "--partition", "gpu", "-A", "my lab", "--qos=high", "-Qp", "debug", "--hold", "--mail-type=END"]
+    assert site_args("") == []
+    for bad, match in (("--array=0-3", "--array"), ("-p gpu --arr=1", "--array"), ("--dep afterok:1", "--dependency"),
+                       ("-o log", "--output"), ("-Qo log", "--output"), ("--export=NONE", "--export"),
+                       ("--gres=gpu:2", "--gres"), ("-c 4", "--cpus-per-task"), ("--time=1:00", "--time"),
+                       ("--wait", "--wait"), ("-p gpu extra.sh", "not an option"), ("-p", "needs a value"),
+                       ("--hold x", "not an option")):
+        with pytest.raises(ValueError, match=match):
+            site_args(bad)
+
+
+def test_slurm_submits_one_array_per_resource_class_then_the_score(fake_script, tmp_path, capsys):
     import subprocess
 
-    ckpt, out, bin_dir = tmp_path / "up.pt", tmp_path / "o u't$(x)", tmp_path / "bin"
+    ckpt, out = tmp_path / "up.pt", tmp_path / "o u't$(x)"
     ckpt.write_bytes(b"x")
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$*" >> "$SBATCH_CALLS"\n'
-                                    'n=$(wc -l < "$SBATCH_CALLS"); echo "10$n;cluster"\n')
-    (bin_dir / "sbatch").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_CALLS": str(tmp_path / "calls"),
-           "ER_FOLDS": "fold2 fold4", "QUESST14_ROOT": str(tmp_path), "QBE_LAYERS": "1"}
-    assert run_jobs(fake_script, str(ckpt), str(out), ["QbE", "ER", "ASV"], 3, None, env, slurm=True) == 0
-    array, score = (tmp_path / "calls").read_text().splitlines()
+    (tmp_path / "r.yaml").write_text(TWO_CLASSES)
+    env = {**os.environ, **fake_slurm(tmp_path), "ER_FOLDS": "fold2 fold4", "QUESST14_ROOT": str(tmp_path),
+           "QBE_LAYERS": "1"}
+    options = SlurmOptions(site_args("-p debug --qos=normal"), str(tmp_path / "r.yaml"))
+    assert run_jobs(fake_script, str(ckpt), str(out), ["QbE", "ER", "ASV"], 3, None, env, slurm=options) == 0
+    asv, rest, score = (tmp_path / "calls").read_text().splitlines()
     units_sh, score_sh = out / "slurm" / "units.sh", out / "slurm" / "score.sh"
-    assert array.startswith("--parsable --array=0-3%3 --job-name=superb-units") and array.endswith(str(units_sh))
-    assert score.startswith("--parsable --dependency=afterany:101 ") and score.endswith(str(score_sh))
+    assert asv == (f"--parsable -p debug --qos=normal --cpus-per-task=2 --mem=900M --time=30:00 --array=0-0%3 "
+                   f"--job-name=superb-ASV --output={out}/slurm/slurm-%A_%a.out {units_sh} ASV")
+    assert rest.startswith("--parsable -p debug --qos=normal --gres=gpu:1 --cpus-per-task=1 --mem=500M --time=10:00 "
+                           "--array=0-2%3 --job-name=superb-ER+QbE ")
+    assert rest.endswith(f"{units_sh} ER_fold2 ER_fold4 QbE_layer1")
+    assert score.startswith("--parsable --dependency=afterany:101:102 -p debug --qos=normal --cpus-per-task=1 "
+                            "--mem=100M --time=5:00 --job-name=superb-score ") and score.endswith(str(score_sh))
+    assert (out / "slurm" / "jobs").read_text().split() == ["101", "102", "103"]
     text = capsys.readouterr().out
-    assert "array task 0: ASV" in text and "array task 3: QbE_layer1" in text and "score job 102" in text
-    for k in range(4):  # each array task runs its unit, with the unit's variables, into its log
-        proc = subprocess.run(["bash", str(units_sh)], env={**env, "SLURM_ARRAY_TASK_ID": str(k)})
+    assert "job array 102 (superb-ER+QbE; 3 units, 3 at a time;" in text and "array task 2: QbE_layer1" in text
+    assert "score job 103" in text
+    for k, unit in enumerate(["ER_fold2", "ER_fold4", "QbE_layer1"]):  # each array task runs its unit into its log
+        proc = subprocess.run(["bash", str(units_sh), "ER_fold2", "ER_fold4", "QbE_layer1"],
+                              env={**env, "SLURM_ARRAY_TASK_ID": str(k)})
         assert proc.returncode == 0
-    assert [e[0] for e in events(out)] == ["ASV", "ASV", "ER_fold2", "ER_fold2", "ER_fold4", "ER_fold4",
-                                           "QbE_layer1", "QbE_layer1"]
-    assert "[run_superb] ASV: start" in (out / "logs" / "ASV.log").read_text()
-    assert subprocess.run(["bash", str(units_sh)], env={**env, "SLURM_ARRAY_TASK_ID": "4"}).returncode == 2
+    assert [e[0] for e in events(out)] == ["ER_fold2", "ER_fold2", "ER_fold4", "ER_fold4", "QbE_layer1", "QbE_layer1"]
+    assert "[run_superb] ER: start" in (out / "logs" / "ER_fold4.log").read_text()
+    assert subprocess.run(["bash", str(units_sh), "ASV"], env={**env, "SLURM_ARRAY_TASK_ID": "1"}).returncode == 2
     assert subprocess.run(["bash", str(score_sh)], env=env).returncode == 0
     assert (out / "score_calls").read_text() == "score QbE ER ASV\n"
     assert not (tmp_path / "x").exists()  # the $(x) in OUT_DIR stayed text
+
+    # the same command again while job 102 is still queued: refused, nothing submitted
+    queued = {**env, **fake_slurm(tmp_path, queued="77\n102")}
+    with pytest.raises(RuntimeError, match="jobs 102 of the previous submission"):
+        run_jobs(fake_script, str(ckpt), str(out), ["QbE", "ER", "ASV"], 3, None, queued, slurm=options)
+    assert len((tmp_path / "calls").read_text().splitlines()) == 3
+    # once it has ended: only ASV (never run here) is submitted again; the complete ER and QbE units are not
+    assert run_jobs(fake_script, str(ckpt), str(out), ["QbE", "ER", "ASV"], 3, None, env, slurm=options) == 0
+    again = (tmp_path / "calls").read_text().splitlines()[3:]
+    assert len(again) == 2 and again[0].endswith(f"{units_sh} ASV") and "--dependency=afterany:104 " in again[1]
+    text = capsys.readouterr().out
+    assert "ER_fold2: complete, not submitted again" in text and "QbE_layer1: complete, not submitted again" in text
+
+
+def test_slurm_dry_run_prints_the_scripts_and_the_sbatch_lines_and_submits_nothing(fake_script, tmp_path, capsys):
+    ckpt, out = tmp_path / "up.pt", tmp_path / "out"
+    ckpt.write_bytes(b"x")
+    env = {**os.environ, **fake_slurm(tmp_path), "ER_FOLDS": "fold1"}
+    options = SlurmOptions(["--account=lab"], None, dry_run=True)  # the shipped table: one GPU per unit
+    assert run_jobs(fake_script, str(ckpt), str(out), ["KS", "ER"], 2, None, env, slurm=options) == 0
+    text = capsys.readouterr().out
+    assert not (tmp_path / "calls").exists() and not out.exists()  # nothing submitted, nothing written
+    assert f"{out}/slurm/units.sh would hold:" in text and "    ER_fold1) export ER_FOLDS=fold1 SUPERB_PART=tasks" in text
+    assert ("A1=$(sbatch --parsable --account=lab --gres=gpu:1 --cpus-per-task=9 --mem=16G "
+            f"--time=12:00:00 --array=0-0%2 --job-name=superb-KS --output={out}/slurm/slurm-%A_%a.out "
+            f"{out}/slurm/units.sh KS)  # superb-KS") in text
+    assert "A2=$(sbatch --parsable --account=lab --gres=gpu:1 --cpus-per-task=7 --mem=16G --time=8:00:00" in text
+    assert "sbatch --parsable --dependency=afterany:$A1:$A2 --account=lab --cpus-per-task=1" in text

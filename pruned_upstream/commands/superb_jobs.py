@@ -234,8 +234,9 @@ def count_layers(ckpt: str, env: dict) -> list[str] | None:
 
 
 def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: int, gpus_spec: str | None,
-             environ: dict, say=print, slurm: bool = False) -> int:
-    """The whole `superb-all --jobs N`: units in parallel, then the score; 0 when no unit failed."""
+             environ: dict, say=print, slurm=None) -> int:
+    """The whole `superb-all --jobs N`: units in parallel, then the score; 0 when no unit failed. ``slurm``: a
+    superb_slurm.SlurmOptions (or True for the defaults): submit the units as SLURM job arrays instead."""
     tasks = canonical_tasks(requested)
     if not (os.path.isfile(ckpt) or os.path.isdir(ckpt)):
         raise FileNotFoundError(f"upstream checkpoint '{ckpt}' does not exist")
@@ -256,11 +257,13 @@ def run_jobs(script: Path, ckpt: str, out_dir: str, requested: list[str], jobs: 
                 say("[superb-all] QbE: could not count the layers of the upstream; QbE runs as one unit")
         if layers:
             env["QBE_LAYERS"] = ",".join(layers)  # the score step checks exactly these layers
-    if slurm:  # one job array (superb_slurm.py); ASV stays one unit: its checkpoints come with its training
-        from .superb_slurm import submit
+    if slurm:  # job arrays (superb_slurm.py); ASV stays one unit: its checkpoints come with its training
+        from .superb_slurm import SlurmOptions, submit
 
         units = longest_first(plan_units(tasks, folds, layers, split_asv=False))
-        return submit(script, os.path.abspath(ckpt), out, tasks, units, jobs, env.get("QBE_LAYERS"), env, say)
+        options = slurm if isinstance(slurm, SlurmOptions) else SlurmOptions()
+        return submit(script, os.path.abspath(ckpt), out, tasks, units, jobs, env.get("QBE_LAYERS"), env, say,
+                      options)
     gpus = detect_gpus(gpus_spec, environ)
     log_dir = out / "logs"
     if log_dir.is_symlink():
