@@ -24,12 +24,15 @@ $(STAMP): pyproject.toml scripts/install_s3prl.py
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# espeak-ng speaks the demo corpus; libsox-dev backs torchaudio's sox effects (s3prl's KS/QbE/ASV data).
+# espeak-ng speaks the demo corpus; libsox-dev backs torchaudio's sox effects (s3prl's KS/QbE/ASV data);
+# slurm-wlm and munge run the one-node SLURM cluster of tests/test_slurm_cluster.py (tests/slurm_fixtures.py).
+SYSTEM_PACKAGES = espeak-ng libsox-dev sox slurm-wlm munge
 system-deps:
-	@if command -v espeak-ng >/dev/null && ldconfig -p | grep -q libsox.so; then :; \
+	@if command -v espeak-ng >/dev/null && ldconfig -p | grep -q libsox.so && command -v slurmctld >/dev/null \
+		&& command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng libsox-dev sox) >/dev/null; \
-	else echo "please install the Debian packages espeak-ng libsox-dev sox (sudo apt-get install espeak-ng libsox-dev sox)"; exit 1; fi
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES)) >/dev/null </dev/null; \
+	else echo "please install the Debian packages $(SYSTEM_PACKAGES) (sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi
 
 demo: system-deps $(STAMP)
 	@$(BIN)/python scripts/install_s3prl.py --venv $(VENV)
