@@ -93,8 +93,10 @@ class Cluster:
         return self.run("sinfo", "--noheader", "--nodes", self.node, "--format=%T", check=False).strip()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {name}:\n{tail(self.root / 'log' / f'{name}.log')}"
-                         for name in ("munged", "slurmctld", "slurmd"))
+        """The tail of each daemon's log file and of its own output, where they exist."""
+        return "\n".join(f"--- {path.name}:\n{tail(path)}" for name in ("munged", "slurmctld", "slurmd")
+                         for path in (self.root / "log" / f"{name}.log", self.root / "log" / f"{name}.out")
+                         if path.exists())
 
     def start_daemon(self, name: str, args: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
