@@ -86,7 +86,8 @@ def test_superb_all_on_slurm_equals_the_sequential_run_and_resubmits_only_the_fa
         env = run_env(bundle, {"DSCORE_ROOT": dscore_root(), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "",
                                "MODEL_NAME": "small", "OMP_NUM_THREADS": "1",
                                "PRUNED_UPSTREAM": f"{sys.executable} -m pruned_upstream.commands.fork_client",
-                               "PRUNED_UPSTREAM_FORK_SERVER": server}, base={**base, **cluster.env})
+                               "PRUNED_UPSTREAM_FORK_SERVER": server},
+                      base={**base, "SLURM_CONF": cluster.env["SLURM_CONF"]})
         start = time.perf_counter()
         proc = subprocess.run(["bash", str(SCRIPT), str(ckpt), str(seq)], env=env, text=True, capture_output=True,
                               timeout=900)
