@@ -195,7 +195,7 @@ train() {  # TASK EXPDIR [extra override]: fresh, resumed from the last states-N
         cli superb -m train -e "$last" "${O[@]}"
     else
         cli superb -m train -u "$UPSTREAM" -k "$CKPT" -d "${DOWNSTREAM[$task]}" \
-            -c "$CONFIGS/${CONFIG[$task]}" -p "$dir" "${O[@]}"
+            -c "$CONFIGS/${CONFIG[$task]}" -p "$dir" "${O[@]}" ${SUPERB_SEED:+--seed "$SUPERB_SEED"}
     fi
     [[ ${DRY_RUN:-0} == 1 ]] || touch "$dir/train.done"
 }
@@ -376,6 +376,7 @@ main() {
     (( $# >= 2 )) || die "usage: $0 UPSTREAM_CKPT OUT_DIR [TASK ...]  (tasks: ${ALL_TASKS[*]})"
     [[ -f $1 || -d $1 ]] || die "upstream checkpoint '$1' does not exist"
     [[ -z ${STEPS_OVERRIDE:-} || $STEPS_OVERRIDE =~ ^[1-9][0-9]*$ ]] || die "STEPS_OVERRIDE='$STEPS_OVERRIDE' is not a positive integer"
+    [[ -z ${SUPERB_SEED:-} || $SUPERB_SEED =~ ^[0-9]{1,9}$ ]] || die "SUPERB_SEED='$SUPERB_SEED' is not a seed (0 to 999999999)"
     local fold; for fold in "${ER_FOLDS[@]}"; do [[ $fold =~ ^fold[1-5]$ ]] || die "ER_FOLDS: '$fold' is not fold1 .. fold5"; done
     local here; here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
     # `--`: a path starting with '-' is a path, not an option of realpath
