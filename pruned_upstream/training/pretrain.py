@@ -135,7 +135,7 @@ def _train(model: WavLM, corpus, labels_of, k: int, steps: int, cfg: PretrainCon
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if log and (step + 1) % max(1, steps // 10) == 0:
             log(step + 1, steps, sum(losses[-20:]) / len(losses[-20:]))
     model.eval()
