@@ -43,6 +43,13 @@ REDUCED = ("every task trains {steps} steps (SUPERB: 20k to 200k) except KS and 
            "steps, the lowest EER); ASR is tested without and with a language model (the small data's word "
            "3-gram; SUPERB: LibriSpeech's official 4-gram); SD scores s3prl's full score.sh grid; QbE uses our "
            "MTWV (no official scorer in small data)")
+# What pruning keeps: the tasks on which the small data separates a teacher that knows speech from one
+# that does not (SID, ER, SD do not at this size: docs/demo.md), cheap enough to repeat, for four
+# upstreams (the random teacher, the pre-trained teacher, its pruned student, the magnitude baseline),
+# each at two downstream seeds (s3prl's run_downstream.py --seed; 1337 is its default).
+COMPARED = ("KS", "IC")
+SEEDS = (1337, 2)
+PARALLEL = 2  # runs of run_superb.sh at a time (the fork server forks one child per command)
 SUBMITTED = "pruned"  # the upstream whose results the demo packs as a leaderboard submission
 
 
@@ -57,6 +64,7 @@ class TenTasks:
     protocol: str
     submission: Path | None = None  # superb/pruned/submission/model_card.md, when `submit` wrote one
     submission_note: str = ""  # what `submit` left out, or why it wrote nothing
+    compared: dict[str, dict[int, dict[str, float]]] = dataclasses.field(default_factory=dict)  # name -> seed -> metrics
 
 
 def unavailable_tasks(bundle) -> dict[str, str]:
@@ -103,7 +111,7 @@ def fork_server(out: Path):
 
 
 def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe_layers: str,
-                 server: str | None, quick: bool = False) -> float:
+                 server: str | None, quick: bool = False, seed: int | None = None) -> float:
     """scripts/run_superb.sh for one upstream on the small data; returns its wall time (s)."""
     from .superb_data.bundle import run_env
 
@@ -123,14 +131,20 @@ def run_upstream(name: str, ckpt: Path, out: Path, bundle, tasks: list[str], qbe
                            "ASR_LEXICON": str(librispeech / "lm_lexicon.txt")})
     if server:
         env["PRUNED_UPSTREAM_FORK_SERVER"] = server
+    if seed is not None:
+        env["SUPERB_SEED"] = str(seed)
     if configured_dscore():
         env["DSCORE_ROOT"] = configured_dscore()
     start = time.perf_counter()
-    proc = subprocess.run(["bash", str(shipped_dir("scripts") / "run_superb.sh"), str(ckpt), str(out), *tasks],
-                          env=env, stdin=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "run_superb.log", "a") as log:  # two runs at a time: each its own log, not the terminal
+        proc = subprocess.run(["bash", str(shipped_dir("scripts") / "run_superb.sh"), str(ckpt), str(out), *tasks],
+                              env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    print(f"demo: {name}{'' if seed is None else f' (seed {seed})'}: {', '.join(tasks)} in "
+          f"{time.perf_counter() - start:.0f} s (log {out / 'run_superb.log'})", flush=True)
     if proc.returncode != 0:
         print(f"demo: some SUPERB task of the {name} upstream failed (exit {proc.returncode}); "
-              f"the table shows what completed, {out}/*/stdout.log says why", flush=True)
+              f"the table shows what completed, {out}/run_superb.log says why", flush=True)
     return time.perf_counter() - start
 
 
@@ -164,8 +178,19 @@ def hidden_states(ckpt: Path) -> int:
     return load_model(ckpt).num_layers + 1
 
 
-def ten_tasks(out: Path, upstreams: dict[str, Path], quick: bool) -> TenTasks:
-    """Every task for every upstream on the small data; scored in the paper's convention."""
+def _metrics(target: Path, name: str) -> dict[str, float]:
+    from .superb.results import read_results
+
+    view = target / "scored" / name
+    models = read_results(view) if view.is_dir() else []
+    return dict(models[0].metrics) if models else {}
+
+
+def ten_tasks(out: Path, upstreams: dict[str, Path], quick: bool, compare: dict[str, Path] | None = None) -> TenTasks:
+    """Every task for every upstream on the small data, scored in the paper's convention; then COMPARED's
+    tasks for `upstreams` and `compare` together at every seed of SEEDS (quick: the first seed, KS only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .superb.results import read_results
     from .superb.table import score_models, to_json
     from .superb_data.bundle import make_small_superb
@@ -176,22 +201,46 @@ def ten_tasks(out: Path, upstreams: dict[str, Path], quick: bool) -> TenTasks:
     for task, why in unavailable.items():
         print(f"demo: {task} cannot run here: {why}", flush=True)
     tasks = [t for t in TASKS if t not in unavailable]
+    compared_tasks = [t for t in (COMPARED[:1] if quick else COMPARED) if t in tasks]
+    seeds = SEEDS[:1] if quick else SEEDS
+    runs = [(name, ckpt, out / "superb" / name, tasks, None) for name, ckpt in upstreams.items()]
+    every = {**upstreams, **(compare or {})}
+    for seed in seeds:  # the ten-task runs are the first seed of `upstreams`
+        runs += [(name, ckpt, out / "superb" / "compare" / f"{name}_seed{seed}", compared_tasks, seed)
+                 for name, ckpt in every.items() if compared_tasks and (seed != SEEDS[0] or name not in upstreams)]
     rows, metrics, seconds = {}, {}, {}
     with fork_server(out) if tasks else contextlib.nullcontext() as server:
-        for name, ckpt in upstreams.items():
-            print(f"\n-- the ten SUPERB tasks, {name} upstream ({', '.join(tasks) or 'none runnable'})", flush=True)
+        def one(run):
+            name, ckpt, target, run_tasks, seed = run
             qbe_layers = f"0,{hidden_states(ckpt) - 1}"
-            target = out / "superb" / name
-            seconds[name] = run_upstream(name, ckpt, target, bundle, tasks, qbe_layers, server, quick) if tasks else 0.0
+            return run_upstream(name, ckpt, target, bundle, run_tasks, qbe_layers, server, quick, seed)
+
+        print(f"\n-- {len(runs)} runs of run_superb.sh, {PARALLEL} at a time: "
+              + "; ".join(f"{r[0]}{'' if r[4] is None else f' seed {r[4]}'} ({', '.join(r[3])})" for r in runs),
+              flush=True)
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            times = list(pool.map(one, runs)) if tasks else [0.0] * len(runs)
+    for run, secs in zip(runs, times):
+        if run[4] is None:
+            seconds[run[0]] = secs
     for name in upstreams:
         view = out / "superb" / name / "scored" / name
         models = read_results(view) if view.is_dir() else []
         if models:  # partial when a task is missing: the row says which
             rows[name] = json.loads(to_json(score_models(models, "paper", allow_missing=True)))[0]
             metrics[name] = dict(models[0].metrics)
+    compared: dict[str, dict[int, dict[str, float]]] = {name: {} for name in every}
+    for name in every:
+        for seed in seeds:
+            if seed == SEEDS[0] and name in upstreams:
+                got = metrics.get(name, {})
+            else:
+                got = _metrics(out / "superb" / "compare" / f"{name}_seed{seed}", name)
+            compared[name][seed] = {t: v for t, v in got.items() if t in compared_tasks}
     (out / "superb_score.json").write_text(json.dumps(list(rows.values())) + "\n")
+    (out / "superb_compare.json").write_text(json.dumps(compared, indent=1) + "\n")
     card, note = None, "no submission: the pruned upstream ran no task"
     if SUBMITTED in upstreams and (out / "superb" / SUBMITTED).is_dir():
         card, note = write_submission(out / "superb" / SUBMITTED, upstreams[SUBMITTED])
         print(f"demo: submission {card.parent / 'predict.zip' if card else '(none)'} {note}", flush=True)
-    return TenTasks(rows, metrics, unavailable, seconds, REDUCED.format(steps=steps), card, note)
+    return TenTasks(rows, metrics, unavailable, seconds, REDUCED.format(steps=steps), card, note, compared)

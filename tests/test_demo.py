@@ -45,6 +45,18 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
             "predict/sv_public/predict.txt"} <= names
     assert "## Leaderboard submission (pruned upstream)" in report and "### Model card" in report
     assert "- checked: s3prl's submit.py (15 arguments) packs the same" in report  # its own submit.py agrees
+    # what pruning keeps: the pre-trained teacher, the random one it started from, the magnitude baseline
+    pretraining = json.loads((out / "pretrain.json").read_text())
+    assert [it["steps"] for it in pretraining["iterations"]] == [15, 15]
+    baseline = load_model(out / "magnitude.safetensors")
+    counts = lambda m: [(sorted((h.qk, h.vo) for h in l.heads), l.ffn_dim) for l in m.arch.layers]  # noqa: E731,E741
+    assert baseline.num_params() == model.num_params() and counts(baseline) == counts(model)
+    assert load_model(out / "teacher_random.safetensors").num_params() == teacher.num_params()
+    compared = json.loads((out / "superb_compare.json").read_text())
+    assert sorted(compared) == ["magnitude", "pruned", "random", "teacher"]
+    assert all(set(per) == {"1337"} and set(per["1337"]) == {"KS"} for per in compared.values())
+    keeps = report[report.index("## What pruning keeps"):report.index("## The ten SUPERB tasks")]
+    assert "| KS | 8.3 |" in keeps and "| magnitude baseline |" in keeps and "## The teacher's pre-training" in report
 
 def test_demo_says_how_to_install_espeak_when_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on the PATH

@@ -32,7 +32,7 @@ from ..model.wavlm import WavLM, frame_padding_mask
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: tuple[int, ...] = (400, 400)  # per iteration: MFCC targets, then the model's own layer
+    steps: tuple[int, ...] = (300, 300)  # per iteration: MFCC targets, then the model's own layer
     clusters: tuple[int, ...] = (50, 50)  # K per iteration (HuBERT Base: 100, then 500)
     target_layer: int = -2  # the hidden state clustered for iteration 2 (HuBERT Base: layer 6 of 12)
     batch_size: int = 8
