@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT    ?= demo_out
 
-.PHONY: demo test test-fast test-learning install system-deps clean
+.PHONY: demo test test-fast test-learning install system-deps test-deps clean
 
 install: $(STAMP)
 
@@ -26,20 +26,29 @@ $(STAMP): pyproject.toml scripts/install_s3prl.py
 
 # espeak-ng speaks the demo corpus; libsox-dev backs torchaudio's sox effects (s3prl's KS/QbE/ASV data);
 # slurm-wlm and munge run the one-node SLURM cluster of tests/test_slurm_cluster.py (tests/slurm_fixtures.py).
-SYSTEM_PACKAGES = espeak-ng libsox-dev sox slurm-wlm munge
-system-deps:
-	@if command -v espeak-ng >/dev/null && ldconfig -p | grep -q libsox.so && command -v slurmctld >/dev/null \
-		&& command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; then :; \
+DEMO_PACKAGES = espeak-ng libsox-dev sox
+TEST_PACKAGES = $(DEMO_PACKAGES) slurm-wlm munge
+HAVE_DEMO = command -v espeak-ng >/dev/null && ldconfig -p | grep -q libsox.so
+HAVE_TEST = $(HAVE_DEMO) && command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
+	&& command -v sbatch >/dev/null && command -v munged >/dev/null
+system-deps:  # what `make demo` needs
+	@if $(HAVE_DEMO); then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES)) >/dev/null </dev/null; \
-	else echo "please install the Debian packages $(SYSTEM_PACKAGES) (sudo apt-get install $(SYSTEM_PACKAGES))"; exit 1; fi
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEMO_PACKAGES)) >/dev/null </dev/null; \
+	else echo "please install the Debian packages $(DEMO_PACKAGES) (sudo apt-get install $(DEMO_PACKAGES))"; exit 1; fi
+
+test-deps:  # what the tests need: the demo's packages and a SLURM cluster's
+	@if $(HAVE_TEST); then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES)) >/dev/null </dev/null; \
+	else echo "please install the Debian packages $(TEST_PACKAGES) (sudo apt-get install $(TEST_PACKAGES))"; exit 1; fi
 
 demo: system-deps $(STAMP)
 	@$(BIN)/python scripts/install_s3prl.py --venv $(VENV)
 	$(BIN)/pruned-upstream demo --out $(OUT)
 
 # The ten-task tests need s3prl's source tree: without one, `make test` stops here with one line.
-test: system-deps $(STAMP)
+test: test-deps $(STAMP)
 	@$(BIN)/python scripts/install_s3prl.py --venv $(VENV) --require
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 

@@ -1,6 +1,6 @@
 """A real one-node SLURM cluster on localhost for the tests: munged, slurmctld and slurmd, started directly.
 
-    with slurm_cluster() as cluster:             # Debian's slurm-wlm + munge (`make system-deps`)
+    with slurm_cluster() as cluster:             # Debian's slurm-wlm + munge (`make test-deps`)
         job = cluster.sbatch("--wrap", "true")
         cluster.wait([job])
         assert cluster.job(job)["JobState"] == "COMPLETED"
@@ -149,7 +149,7 @@ def slurm_cluster(cpus: int | None = None, mem_mb: int = 8000, timeout: float = 
     missing = [tool for tool in DAEMONS if shutil.which(tool) is None]
     if missing:
         raise ClusterError(f"{', '.join(missing)} not found: install the Debian packages slurm-wlm and munge "
-                           "(`make system-deps` does as root)")
+                           "(`make test-deps` does as root)")
     if os.geteuid() != 0:
         raise ClusterError("the test cluster runs slurmd as root (it starts jobs as their user): run as root")
     root = Path(tempfile.mkdtemp(prefix="pu-slurm-"))  # short: the munge socket's path must fit 108 bytes

@@ -1,7 +1,7 @@
 """`superb-all --slurm` and scripts/prune_slurm.sbatch on a real one-node SLURM cluster (tests/slurm_fixtures.py).
 
 The cluster is Debian's slurm-wlm 22.05 with munge, started on localhost for
-this module (`make system-deps` installs them; a cluster that does not start
+this module (`make test-deps` installs them; a cluster that does not start
 fails the tests with its daemons' logs). The first test runs the ten tasks of
 the small-data bundle sequentially, then through `superb-all --slurm --jobs 2`
 with one task broken, checks each array element's resources, the site options,
