@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="[--jobs N [--gpus 0,1,...] [--slurm]] UPSTREAM_CKPT OUT_DIR [TASK ...]; data roots from environment "
                     "variables (scripts/README.md). --jobs N: the tasks, ER folds and QbE layers as units, N at a "
                     "time (one GPU each: --gpus, else CUDA_VISIBLE_DEVICES or nvidia-smi -L), logs in "
-                    "OUT_DIR/logs/, then the score; --slurm --jobs N: the units as one SLURM job array, then a score job",
+                    "OUT_DIR/logs/, then the score; --slurm --jobs N: the units as SLURM job arrays (one per resource class), then a score job",
     )
     s.add_argument("script_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_superb_all)
