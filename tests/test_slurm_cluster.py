@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,17 @@ def test_superb_all_on_slurm_equals_the_sequential_run_and_resubmits_only_the_fa
         found.update({str(p.relative_to(run)): re.findall(r"sv-voxceleb1/test-EER: \S+", p.read_text())
                       for p in run.glob("ASV/states-*/log.txt")})
     assert ours == theirs and len(ours) >= 60, sorted(set(ours) ^ set(theirs))
+    # the leaderboard's predict.zip from what the arrays left: the same members and bytes as the sequential run's
+    zips = {}
+    for name, run in (("slurm", par), ("seq", seq)):
+        sub = subprocess.run([sys.executable, "-m", "pruned_upstream.cli", "submit", str(run), "--allow-missing",
+                              "--out", str(tmp_path / f"sub_{name}")], env=env, text=True, capture_output=True)
+        assert sub.returncode == 0, sub.stderr[-2000:]
+        with zipfile.ZipFile(tmp_path / f"sub_{name}" / "predict.zip") as archive:
+            # s3prl's QbE writes its detected terms in the order its DTW workers finish: compared as a set
+            zips[name] = {m: sorted(archive.read(m).splitlines()) if m.endswith(".stdlist.xml") else archive.read(m)
+                          for m in archive.namelist()}
+    assert zips["slurm"] == zips["seq"] and any(m.startswith("predict/er_fold5") for m in zips["seq"])
     print(f"\nwall seconds: sequential {times['sequential']:.1f}, --slurm --jobs 2 {times['slurm']:.1f} "
           f"(submission to an empty queue, SF failing), rerun of SF alone {times['rerun']:.1f}")
 
