@@ -117,7 +117,10 @@ def keeps_section(superb, closeness: dict | None = None) -> list[str]:
             means[name, task] = sum(values) / len(values) if values else None
             cells.append(_spread(values))
         lines.append(f"| {task} | {CHANCE[task]:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", f"Seeds: {', '.join(map(str, seeds))} (s3prl's `--seed`: the downstream's initialisation and "
+    partial = [seed for seed in seeds if not all(seed in compared[n] for n in order)]
+    only = "".join(f"; seed {seed}: {' and '.join(label[n] for n in order if seed in compared[n])} only, the pair "
+                   "whose gap is within a test utterance or two" for seed in partial)
+    lines += ["", f"Seeds: {', '.join(map(str, seeds))}{only} (s3prl's `--seed`: the downstream's initialisation and "
               "data order; the upstreams are the same files). Rows: *random teacher*, the pre-training's starting "
               "point (what the demo's teacher was before it learnt anything); *pre-trained teacher*, the teacher "
               "the student is distilled from; *pruned student*, distilled and pruned by our method to the sparsity "
