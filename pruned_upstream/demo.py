@@ -121,16 +121,16 @@ def magnitude_baseline(out: Path, model_path: Path, teacher_path: Path) -> Path:
 
 def closeness(corpus: Path, teacher_path: Path, others: dict[str, Path]) -> dict[str, dict[str, float]]:
     """How far each model's last hidden state is from the teacher's on the corpus: relative L2 and 1 - CKA."""
-    from .analysis.probes import hidden_states, load_audio_sample
+    from .analysis.probes import final_state, load_audio_sample, relative_l2
     from .analysis.similarity import linear_cka
     from .checkpoints import load_model
 
     audio = load_audio_sample(corpus / "wavs", max_files=32, max_seconds=4.0)
-    ref = hidden_states(load_model(teacher_path), audio)[-1]
+    ref = final_state(load_model(teacher_path), audio)
     out = {}
     for name, path in others.items():
-        last = hidden_states(load_model(path), audio)[-1]
-        out[name] = {"rel_l2": float((last - ref).norm() / ref.norm()), "one_minus_cka": 1 - linear_cka(last, ref)}
+        last = final_state(load_model(path), audio)
+        out[name] = {"rel_l2": relative_l2(last, ref), "one_minus_cka": 1 - linear_cka(last, ref)}
     return out
 
 

@@ -206,9 +206,9 @@ def ten_tasks(out: Path, upstreams: dict[str, Path], quick: bool, compare: dict[
     tasks = [t for t in TASKS if t not in unavailable]
     compared_tasks = [t for t in (COMPARED[:1] if quick else COMPARED) if t in tasks]
     seeds = SEEDS[:1] if quick else SEEDS
-    seeds_of = {name: seeds + (() if quick else MORE_SEEDS.get(name, ())) for name in {**upstreams, **(compare or {})}}
-    runs = [(name, ckpt, out / "superb" / name, tasks, None) for name, ckpt in upstreams.items()]
     every = {**upstreams, **(compare or {})}
+    seeds_of = {name: seeds + (() if quick else MORE_SEEDS.get(name, ())) for name in every}
+    runs = [(name, ckpt, out / "superb" / name, tasks, None) for name, ckpt in upstreams.items()]
     for seed in dict.fromkeys(s for name in every for s in seeds_of[name]):  # the ten-task runs: upstreams' first
         runs += [(name, ckpt, out / "superb" / "compare" / f"{name}_seed{seed}", compared_tasks, seed)
                  for name, ckpt in every.items() if compared_tasks and seed in seeds_of[name]
